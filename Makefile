@@ -1,0 +1,36 @@
+# Self-documenting: `make help` lists every target with its `##` comment.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+# Heavy, reusable build outputs live outside the repository so fresh clones reuse them.
+export SPA_CACHE ?= $(HOME)/.cache/spa
+export CARGO_TARGET_DIR ?= $(SPA_CACHE)/cargo-target
+UV ?= uv
+RUN := $(UV) run --no-sync
+
+.PHONY: help setup run test test-fast test-rust bench lint clean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: ## Install uv if needed, then every dependency, the embedded model and the native module
+	@bash scripts/setup.sh
+
+run: setup ## Set up, then run the whole SPA loop on the embedded model (examples/local.yaml)
+	$(RUN) spa run examples/local.yaml
+
+test: setup ## Set up, then run every test suite (Rust and Python)
+	cd rust && cargo test --workspace --exclude spa-py --quiet
+	$(RUN) pytest
+
+test-fast: ## Python tests without the slow end-to-end and server tests
+	$(RUN) pytest -m "not slow and not server"
+
+test-rust: ## Rust unit and property tests of the pure crate
+	cd rust && cargo test --workspace --exclude spa-py
+
+bench: setup ## Pair-selection benchmark: Rust vs NumPy vs pure Python
+	$(RUN) python -m spa_core.bench
+
+clean: ## Remove local run directories and build leftovers in the repo
+	rm -rf runs .pytest_cache .hypothesis spa_core/_native*.so

