@@ -37,6 +37,7 @@ __all__ = [
     "SpecError",
     "StorageSpec",
     "TrainingSpec",
+    "WorkloadSpec",
     "load_run",
     "parse_run",
 ]
@@ -323,6 +324,17 @@ class StorageSpec(_Spec):
     """Prompts per shard: the unit of resumption."""
 
 
+class WorkloadSpec(_Spec):
+    """Placement of one kind of child workload; set fields replace the run-wide ones."""
+
+    node_selector: Annotated[dict[str, str] | None, Field(max_length=64)] = None
+    """Node selector of this workload's pods (replaces `scheduling.nodeSelector`)."""
+    tolerations: Annotated[list[dict[str, Any]] | None, Field(max_length=64)] = None
+    """Tolerations of this workload's pods (replace `scheduling.tolerations`)."""
+    affinity: dict[str, Any] | None = None
+    """Affinity of this workload's pods (replaces `scheduling.affinity`)."""
+
+
 class SchedulingSpec(_Spec):
     """Cluster placement of the run's workloads."""
 
@@ -330,10 +342,26 @@ class SchedulingSpec(_Spec):
     """Kueue LocalQueue; set as `kueue.x-k8s.io/queue-name` on every child workload."""
     priority_class_name: Annotated[str | None, Field(pattern=_DNS_LABEL, max_length=253)] = None
     """PriorityClass of every child pod."""
-    node_selector: dict[str, str] = {}
+    node_selector: Annotated[dict[str, str], Field(max_length=64)] = {}
     """Node selector of every child pod."""
-    tolerations: list[dict[str, Any]] = []
-    """Tolerations of every child pod."""
+    tolerations: Annotated[list[dict[str, Any]], Field(max_length=64)] = []
+    """Tolerations of every child pod (Kubernetes Toleration objects)."""
+    affinity: dict[str, Any] | None = None
+    """Affinity of every child pod (a Kubernetes Affinity object)."""
+    backoff_limit: Annotated[int, Field(ge=0, le=100)] = 2
+    """Pod retries of each child Job before the run fails."""
+    active_deadline_seconds: Annotated[int | None, Field(ge=1, le=31_536_000)] = None
+    """Wall-clock limit of each child Job; none when unset."""
+    ttl_seconds_after_finished: Annotated[int | None, Field(ge=0, le=31_536_000)] = None
+    """Delete finished child Jobs after this many seconds; kept with the run when unset."""
+    generator: WorkloadSpec = WorkloadSpec()
+    """Overrides for the vLLM generator pods."""
+    pipeline: WorkloadSpec = WorkloadSpec()
+    """Overrides for the pipeline Job (prompts, sampling, scoring, refinement, pairs)."""
+    training: WorkloadSpec = WorkloadSpec()
+    """Overrides for the training Job."""
+    evaluation: WorkloadSpec = WorkloadSpec()
+    """Overrides for the evaluation Job."""
 
 
 class RunSpec(_Spec):

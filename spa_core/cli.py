@@ -1,0 +1,145 @@
+"""The `spa` command: one subcommand per stage, and `spa run` for all of them in order."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+# On a shared or small CPU, OpenMP threads that spin while waiting made generation ~7x
+# slower; this must be set before torch is imported (stages import it lazily).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from spa_core.rundir import RunDir
+from spa_core.spec import SPAAlignmentRun, SpecError, load_run
+from spa_core.stages import STAGES, StageContext, stage_function
+from spa_core.summary import summary_table
+
+app = typer.Typer(
+    name="spa",
+    help="Self-Priority Alignment: sample, self-score, refine, denoise, pair and train.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+SpecArg = Annotated[Path, typer.Argument(help="SPAAlignmentRun YAML file.", show_default=False)]
+RunDirOpt = Annotated[
+    str | None,
+    typer.Option("--run-dir", help="Run directory (path or fsspec URI); default: spec.storage.uri."),
+]
+IterationOpt = Annotated[int, typer.Option("--iteration", "-i", min=0, help="Iteration to work on.")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Redo a stage whose output was made with another config.")
+]
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from spa_core.backends import BackendUnavailable
+    from spa_core.stages.manifest import ConfigMismatch
+    from spa_core.stages.prompts import BadPromptRows
+    from spa_core.stages.train import NoPairs
+
+    return (SpecError, BadPromptRows, ConfigMismatch, BackendUnavailable, NoPairs,
+            FileNotFoundError)
+
+
+def _fail(exc: BaseException) -> None:
+    console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    raise typer.Exit(2 if isinstance(exc, SpecError) else 1)
+
+
+def _context(spec_path: Path, run_dir: str | None, iteration: int, force: bool) -> StageContext:
+    run = load_run(spec_path)
+    if iteration >= run.spec.iterations.count:
+        raise SpecError(f"--iteration {iteration}: the spec has iterations.count = "
+                        f"{run.spec.iterations.count} (iterations 0..{run.spec.iterations.count - 1})")
+    return StageContext(run=run, root=_root(run, run_dir), iteration=iteration, force=force,
+                        console=console)
+
+
+def _root(run: SPAAlignmentRun, run_dir: str | None) -> RunDir:
+    return RunDir(run_dir or run.spec.storage.uri.format(name=run.name))
+
+
+def _run_stages(ctx: StageContext, stages: list[str]) -> None:
+    try:
+        for name in stages:
+            console.print(f"[bold cyan]▶ {name}[/] (iteration {ctx.iteration}, {ctx.dir.url()})")
+            stats = stage_function(name)(ctx)
+            console.print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in stats.items()
+                                                     if not isinstance(v, list | dict)),
+                          highlight=False)
+    finally:
+        ctx.close()
+
+
+def _stage_command(name: str) -> None:
+    def command(spec: SpecArg, run_dir: RunDirOpt = None, iteration: IterationOpt = 0,
+                force: ForceOpt = False) -> None:
+        try:
+            _run_stages(_context(spec, run_dir, iteration, force), [name])
+        except _user_errors() as exc:
+            _fail(exc)
+
+    command.__doc__ = {
+        "prompts": "Read, validate and draw the seed prompts.",
+        "sample": "Sample n responses per prompt (diverse sampling).",
+        "score": "Self-evaluate every sample on the primary objective and helpfulness.",
+        "refine": "Write and score one refined response per prompt (self-refinement).",
+        "pairs": "Denoise and build the lexicographic preference pairs with their weights.",
+        "train": "Train on the pairs (uncertainty-weighted SimPO or an ablation).",
+        "evaluate": "Compare the model before and after training on held-out prompts.",
+    }[name]
+    app.command(name)(command)
+
+
+for _name in STAGES:
+    _stage_command(_name)
+
+
+@app.command()
+def run(spec: SpecArg, run_dir: RunDirOpt = None, force: ForceOpt = False) -> None:
+    """Run every stage of every iteration in order, in this process; print a summary."""
+    try:
+        run_doc = load_run(spec)
+        root = _root(run_doc, run_dir)
+        stages = [s for s in STAGES if s != "evaluate" or run_doc.spec.evaluation.enabled]
+        for iteration in range(run_doc.spec.iterations.count):
+            ctx = StageContext(run=run_doc, root=root, iteration=iteration, force=force,
+                               console=console)
+            _run_stages(ctx, stages)
+    except _user_errors() as exc:
+        _fail(exc)
+    Console().print(summary_table(root, run_doc.spec.iterations.count))
+    Console().print(f"run directory: {root.url()}")
+
+
+@app.command()
+def summary(spec: SpecArg, run_dir: RunDirOpt = None) -> None:
+    """Print the summary table of a run from its manifests."""
+    try:
+        run_doc = load_run(spec)
+    except SpecError as exc:
+        _fail(exc)
+    Console().print(summary_table(_root(run_doc, run_dir), run_doc.spec.iterations.count))
+
+
+@app.command()
+def validate(spec: SpecArg) -> None:
+    """Validate a spec and print it with every default filled in, as JSON."""
+    try:
+        run_doc = load_run(spec)
+    except SpecError as exc:
+        _fail(exc)
+    sys.stdout.write(json.dumps(run_doc.model_dump(mode="json", by_alias=True), indent=2) + "\n")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,106 @@
+"""What every stage receives: the run, its directory, the iteration and shared backends."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from spa_core.rundir import RunDir
+from spa_core.spec import SPAAlignmentRun
+
+if TYPE_CHECKING:
+    from spa_core.backends import Backend
+
+__all__ = ["StageContext", "iteration_dir"]
+
+#: Where a finished training stage leaves the model (relative to the iteration directory).
+CHECKPOINT = "train/checkpoint-final"
+
+
+def iteration_dir(iteration: int) -> str:
+    return f"iter-{iteration:02d}"
+
+
+@dataclass
+class StageContext:
+    """A run, its directory, the iteration being worked on, and lazily built backends."""
+
+    run: SPAAlignmentRun
+    root: RunDir
+    iteration: int = 0
+    force: bool = False
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+    _backends: dict[str | None, Backend] = field(default_factory=dict, repr=False)
+
+    @property
+    def spec(self):  # noqa: ANN201 - RunSpec, kept short for stage code
+        return self.run.spec
+
+    @property
+    def dir(self) -> RunDir:
+        """This iteration's directory."""
+        return self.root.child(iteration_dir(self.iteration))
+
+    def policy_path(self) -> str | None:
+        """The model this iteration samples from: the previous iteration's checkpoint, if any."""
+        if self.iteration == 0:
+            return None
+        rel = f"{iteration_dir(self.iteration - 1)}/{CHECKPOINT}"
+        if not self.root.exists(rel):
+            raise FileNotFoundError(
+                f"iteration {self.iteration} starts from {self.root.url(rel)}, which does not "
+                f"exist: finish iteration {self.iteration - 1} first"
+            )
+        return str(self.root.local_dir(rel))
+
+    def trained_path(self) -> str:
+        """The checkpoint this iteration's training stage produced."""
+        rel = f"{iteration_dir(self.iteration)}/{CHECKPOINT}"
+        if not self.root.exists(rel):
+            raise FileNotFoundError(f"{self.root.url(rel)} does not exist: run `spa train` first")
+        return str(self.root.local_dir(rel))
+
+    def backend(self, model_path: str | None = None) -> Backend:
+        """The backend serving `model_path` (default: this iteration's policy), built once."""
+        from spa_core.backends import make_backend
+
+        key = model_path or self.policy_path()
+        if key not in self._backends:
+            self._backends[key] = make_backend(
+                self.spec.model, self.spec.generator, model_path=key
+            )
+        return self._backends[key]
+
+    def close(self) -> None:
+        for backend in self._backends.values():
+            backend.close()
+        self._backends.clear()
+
+    @contextlib.contextmanager
+    def progress(self, description: str, total: int) -> Iterator[callable]:
+        """A progress bar; yields `advance(k)`."""
+        bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+            disable=not self.console.is_terminal,
+        )
+        with bar:
+            task = bar.add_task(description, total=total)
+            yield lambda k=1: bar.advance(task, k)

@@ -1,0 +1,264 @@
+"""Stages `sample`, `score` and `refine`: the model answers, judges itself, and refines.
+
+All three work shard by shard (`storage.shardSize` prompts each) and record a shard in
+their manifest only once its Parquet file is in place, so a restarted stage picks up at
+the first unfinished shard.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from spa_core.backends import ChatRequest
+from spa_core.prompts import (
+    dimension_names,
+    judge_messages,
+    refine_messages,
+    sample_messages,
+    score_json_schema,
+)
+from spa_core.scoring import parse_scores
+from spa_core.stages.context import StageContext
+from spa_core.stages.manifest import StageManifest, config_hash
+
+__all__ = ["judge", "run_refine", "run_sample", "run_score", "upstream_hash"]
+
+#: Temperature of a judge re-try for an unparseable answer (a greedy retry would repeat it).
+RETRY_TEMPERATURE = 0.7
+
+
+def _shards(ctx: StageContext) -> list[tuple[str, pa.Table]]:
+    prompts = ctx.dir.read_table("prompts/prompts.parquet")
+    size = ctx.spec.storage.shard_size
+    return [(f"shard-{k:05d}", prompts.slice(start, size))
+            for k, start in enumerate(range(0, prompts.num_rows, size))]
+
+
+#: The command that produces each stage directory.
+COMMAND = {"prompts": "prompts", "samples": "sample", "scores": "score", "refined": "refine",
+           "pairs": "pairs", "train": "train"}
+
+
+def upstream_hash(ctx: StageContext, stage: str) -> str:
+    """Config hash of a finished upstream stage; a clear error when it is not finished."""
+    manifest = StageManifest.load(ctx.dir, stage)
+    if manifest is None or not manifest.complete:
+        raise FileNotFoundError(
+            f"{ctx.dir.url(stage)} is not finished: run `spa {COMMAND[stage]}` first")
+    return manifest.config_hash
+
+
+def _policy_id(ctx: StageContext) -> object:
+    return ctx.policy_path() or ctx.spec.model
+
+
+def _system_prompts(ctx: StageContext, prompt_ids: np.ndarray) -> tuple[list[str | None], list[bool]]:
+    """Each sample's system prompt: varied with the configured probability, reproducibly."""
+    s = ctx.spec.sampling
+    p = ctx.spec.variation_probability
+    systems, varied = [], []
+    for pid in prompt_ids:
+        rng = np.random.default_rng([s.seed, ctx.iteration, int(pid)])
+        draws = rng.random(s.n)
+        for i in range(s.n):
+            swap = bool(draws[i] < p)
+            varied.append(swap)
+            systems.append(s.variation_system_prompt if swap else s.system_prompt)
+    return systems, varied
+
+
+def run_sample(ctx: StageContext) -> dict:
+    """n responses per prompt at the sampling temperature."""
+    s = ctx.spec.sampling
+    chash = config_hash("sample", s, ctx.spec.variation_probability, _policy_id(ctx),
+                        ctx.spec.storage.shard_size, upstream_hash(ctx, "prompts"))
+    manifest = StageManifest.open(ctx.dir, "samples", chash, force=ctx.force)
+    if not manifest.complete:
+        shards = _shards(ctx)
+        todo = [(name, t) for name, t in shards if not manifest.is_done(name)]
+        with ctx.progress("sample", sum(t.num_rows * s.n for _, t in todo)) as advance:
+            for name, table in todo:
+                ids = table.column("prompt_id").to_numpy()
+                texts = table.column("prompt").to_pylist()
+                systems, varied = _system_prompts(ctx, ids)
+                requests = [
+                    ChatRequest(
+                        messages=sample_messages(texts[j // s.n], systems[j]),
+                        temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
+                        seed=s.seed + ctx.iteration * 1_000_003 + int(ids[j // s.n]) * s.n + j % s.n,
+                    )
+                    for j in range(len(ids) * s.n)
+                ]
+                results = ctx.backend().generate(requests, on_done=advance)
+                out = pa.table({
+                    "prompt_id": pa.array(np.repeat(ids, s.n), pa.int64()),
+                    "response_id": pa.array(np.tile(np.arange(s.n), len(ids)), pa.int64()),
+                    "system_prompt": pa.array(systems, pa.string()),
+                    "system_varied": pa.array(varied, pa.bool_()),
+                    "response": pa.array([r.text for r in results], pa.string()),
+                    "finish_reason": pa.array([r.finish_reason for r in results], pa.string()),
+                    "error": pa.array([r.error for r in results], pa.string()),
+                })
+                ctx.dir.write_table(f"samples/{name}.parquet", out)
+                manifest.mark_shard(ctx.dir, name, rows=out.num_rows,
+                                    failed=sum(r.text is None for r in results))
+        manifest.finish(ctx.dir, **_sum_shards(manifest, ["rows", "failed"], prefix="samples"))
+    return manifest.stats
+
+
+def judge(ctx: StageContext, instructions: Sequence[str], responses: Sequence[str | None],
+          advance: Callable[[int], None] | None = None, model_path: str | None = None,
+          ) -> tuple[list[float | None], list[float | None], list[str], list[str | None]]:
+    """Score responses on (primary, secondary); retry unparseable answers.
+
+    Returns score_a, score_b (None when missing), the parse status and the raw judge text.
+    A response that is itself missing is not sent to the judge and scores as missing.
+    """
+    sc, obj = ctx.spec.scoring, ctx.spec.objectives
+    names = dimension_names(obj.primary, obj.secondary)
+    backend = ctx.backend(model_path)
+    use_schema = sc.structured_output == "on" or (
+        sc.structured_output == "auto" and backend.supports_json_schema)
+    schema = score_json_schema(obj.primary, obj.secondary) if use_schema else None
+
+    n = len(responses)
+    a: list[float | None] = [None] * n
+    b: list[float | None] = [None] * n
+    status = ["no_response"] * n
+    raw: list[str | None] = [None] * n
+    pending = [i for i in range(n) if responses[i]]
+    for attempt in range(sc.retries + 1):
+        if not pending:
+            break
+        requests = [
+            ChatRequest(
+                messages=judge_messages(
+                    responses[i], obj.primary, obj.constitution, obj.secondary,
+                    instruction=instructions[i] if sc.include_instruction else None),
+                temperature=0.0 if attempt == 0 else RETRY_TEMPERATURE,
+                max_tokens=sc.max_tokens, json_schema=schema,
+                seed=attempt * 7919 + i,
+            )
+            for i in pending
+        ]
+        results = backend.generate(requests, on_done=advance if attempt == 0 else None)
+        still = []
+        for i, result in zip(pending, results, strict=True):
+            parsed = parse_scores(result.text, names)
+            raw[i] = result.text if result.text is not None else f"error: {result.error}"
+            a[i], b[i], status[i] = parsed.a, parsed.b, parsed.status
+            if not parsed.ok:
+                still.append(i)
+        pending = still
+    return a, b, status, raw
+
+
+def run_score(ctx: StageContext) -> dict:
+    """Self-evaluation of every sampled response."""
+    chash = config_hash("score", ctx.spec.scoring, ctx.spec.objectives, _policy_id(ctx),
+                        upstream_hash(ctx, "samples"))
+    manifest = StageManifest.open(ctx.dir, "scores", chash, force=ctx.force)
+    if not manifest.complete:
+        names = [rel.split("/")[-1].removesuffix(".parquet")
+                 for rel in ctx.dir.glob("samples/shard-*.parquet")]
+        prompts = _prompt_lookup(ctx)
+        todo = [name for name in names if not manifest.is_done(name)]
+        tables = {name: ctx.dir.read_table(f"samples/{name}.parquet") for name in todo}
+        with ctx.progress("score", sum(t.num_rows for t in tables.values())) as advance:
+            for name, samples in tables.items():
+                ids = samples.column("prompt_id").to_numpy()
+                a, b, status, raw = judge(ctx, [prompts[int(p)] for p in ids],
+                                          samples.column("response").to_pylist(), advance)
+                out = pa.table({
+                    "prompt_id": samples.column("prompt_id"),
+                    "response_id": samples.column("response_id"),
+                    "is_refined": pa.array(np.zeros(len(ids), bool)),
+                    "score_a": pa.array(a, pa.float64()),
+                    "score_b": pa.array(b, pa.float64()),
+                    "status": pa.array(status, pa.string()),
+                    "judge_output": pa.array(raw, pa.string()),
+                })
+                ctx.dir.write_table(f"scores/{name}.parquet", out)
+                manifest.mark_shard(ctx.dir, name, rows=out.num_rows, **Counter(status))
+        manifest.finish(ctx.dir, **_status_totals(manifest))
+    return manifest.stats
+
+
+def run_refine(ctx: StageContext) -> dict:
+    """One refined response per prompt from all samples and their scores, then scored."""
+    s, obj = ctx.spec.sampling, ctx.spec.objectives
+    chash = config_hash("refine", s.max_tokens, ctx.spec.scoring, obj, _policy_id(ctx),
+                        upstream_hash(ctx, "scores"))
+    manifest = StageManifest.open(ctx.dir, "refined", chash, force=ctx.force)
+    if not manifest.complete:
+        names = [rel.split("/")[-1].removesuffix(".parquet")
+                 for rel in ctx.dir.glob("scores/shard-*.parquet")]
+        prompts = _prompt_lookup(ctx)
+        todo = [name for name in names if not manifest.is_done(name)]
+        with ctx.progress("refine", len(todo)) as advance:
+            for name in todo:
+                samples = ctx.dir.read_table(f"samples/{name}.parquet")
+                scores = ctx.dir.read_table(f"scores/{name}.parquet")
+                groups = _groups(samples, scores)
+                ids = sorted(groups)
+                requests = [
+                    ChatRequest(
+                        messages=refine_messages(prompts[pid], groups[pid], obj.primary,
+                                                 obj.constitution, obj.secondary),
+                        temperature=0.0, max_tokens=s.max_tokens, seed=s.seed + pid,
+                    )
+                    for pid in ids
+                ]
+                results = ctx.backend().generate(requests)
+                texts = [r.text.strip() if r.text else None for r in results]
+                a, b, status, raw = judge(ctx, [prompts[p] for p in ids], texts)
+                out = pa.table({
+                    "prompt_id": pa.array(ids, pa.int64()),
+                    "response_id": pa.array(np.full(len(ids), s.n), pa.int64()),
+                    "is_refined": pa.array(np.ones(len(ids), bool)),
+                    "response": pa.array(texts, pa.string()),
+                    "score_a": pa.array(a, pa.float64()),
+                    "score_b": pa.array(b, pa.float64()),
+                    "status": pa.array(status, pa.string()),
+                    "judge_output": pa.array(raw, pa.string()),
+                })
+                ctx.dir.write_table(f"refined/{name}.parquet", out)
+                manifest.mark_shard(ctx.dir, name, rows=out.num_rows, **Counter(status))
+                advance(1)
+        manifest.finish(ctx.dir, **_status_totals(manifest))
+    return manifest.stats
+
+
+def _prompt_lookup(ctx: StageContext) -> dict[int, str]:
+    t = ctx.dir.read_table("prompts/prompts.parquet")
+    return dict(zip(t.column("prompt_id").to_pylist(), t.column("prompt").to_pylist(), strict=True))
+
+
+def _groups(samples: pa.Table, scores: pa.Table) -> dict[int, list[tuple[str, float | None, float | None]]]:
+    """Per prompt, its sampled responses with their scores (missing responses left out)."""
+    joined = samples.join(scores.select(["prompt_id", "response_id", "score_a", "score_b"]),
+                          keys=["prompt_id", "response_id"])
+    joined = joined.filter(pc.is_valid(joined.column("response"))).sort_by(
+        [("prompt_id", "ascending"), ("response_id", "ascending")])
+    groups: dict[int, list[tuple[str, float | None, float | None]]] = {}
+    for pid, text, a, b in zip(*(joined.column(c).to_pylist() for c in
+                                 ("prompt_id", "response", "score_a", "score_b")), strict=True):
+        groups.setdefault(pid, []).append((text, a, b))
+    return groups
+
+
+def _sum_shards(manifest: StageManifest, keys: list[str], prefix: str) -> dict:
+    return {f"{prefix}_{k}" if k != "rows" else prefix: sum(s.get(k, 0) for s in manifest.shards.values())
+            for k in keys}
+
+
+def _status_totals(manifest: StageManifest) -> dict:
+    total: Counter[str] = Counter()
+    for shard in manifest.shards.values():
+        total.update({k: v for k, v in shard.items() if k != "finished_at"})
+    return dict(total)

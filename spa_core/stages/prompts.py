@@ -1,0 +1,190 @@
+"""Stage `prompts`: read the seed prompts, validate them, draw this iteration's share.
+
+The source is shuffled once with `prompts.seed`; the last `evaluation.count` prompts are
+held out for evaluation, and each iteration draws `prompts.count` of the rest (the same
+ones every round, or the next ones with `iterations.prompts: new`). A prompt's id is its
+row number in the source, so it stays the same across iterations and reruns.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from spa_core.spec import PromptsSpec
+from spa_core.stages.context import StageContext
+from spa_core.stages.manifest import StageManifest, config_hash
+
+__all__ = ["BadPromptRows", "PromptRows", "read_prompts", "run_prompts"]
+
+STAGE = "prompts"
+MAX_PROMPT_CHARS = 100_000
+
+
+class BadPromptRows(ValueError):
+    """The prompt source has rows without a usable prompt (and `badRows: fail`)."""
+
+
+@dataclass
+class PromptRows:
+    """Usable prompts with their row numbers in the source, and what was skipped."""
+
+    rows: list[int] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)
+    bad: list[tuple[int, str]] = field(default_factory=list)
+
+    def add(self, row: int, value: object) -> None:
+        problem = _problem(value)
+        if problem:
+            self.bad.append((row, problem))
+        else:
+            self.rows.append(row)
+            self.prompts.append(str(value).strip())
+
+
+def _problem(value: object) -> str | None:
+    if value is None:
+        return "no prompt"
+    if not isinstance(value, str):
+        return f"prompt is {type(value).__name__}, not text"
+    if not value.strip():
+        return "empty prompt"
+    if len(value) > MAX_PROMPT_CHARS:
+        return f"prompt longer than {MAX_PROMPT_CHARS} characters"
+    return None
+
+
+def read_prompts(spec: PromptsSpec) -> PromptRows:
+    """Read every row of the configured source (row numbers start at 1, as editors count)."""
+    out = PromptRows()
+    if spec.builtin is not None:
+        from spa_core.builtin_prompts import load_builtin
+
+        for i, text in enumerate(load_builtin(spec.builtin), start=1):
+            out.add(i, text)
+    elif spec.dataset is not None:
+        try:
+            import datasets
+        except ImportError as exc:  # pragma: no cover - depends on extras
+            raise ImportError("prompts.dataset needs the `hub` extra: pip install 'spa-core[hub]'") from exc
+        ds = datasets.load_dataset(spec.dataset, split=spec.split)
+        if spec.column not in ds.column_names:
+            raise BadPromptRows(
+                f"dataset {spec.dataset} ({spec.split}) has no column {spec.column!r}; "
+                f"columns: {', '.join(ds.column_names)}"
+            )
+        for i, text in enumerate(ds[spec.column], start=1):
+            out.add(i, text)
+    else:
+        _read_file(spec.path, spec.column, out)
+    return out
+
+
+def _read_file(path: str, column: str, out: PromptRows) -> None:
+    import fsspec
+    import pyarrow.parquet as pq
+
+    lower = path.lower().removesuffix(".gz")
+    try:
+        with fsspec.open(path, "rb", compression="infer") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        raise BadPromptRows(f"prompt file {path} does not exist") from None
+    if lower.endswith((".jsonl", ".json", ".ndjson")):
+        for i, line in enumerate(io.StringIO(data.decode("utf-8", errors="replace")), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                out.bad.append((i, f"not valid JSON ({exc.msg})"))
+                continue
+            if not isinstance(obj, dict):
+                out.bad.append((i, "not a JSON object"))
+            elif column not in obj:
+                out.bad.append((i, f"no {column!r} key"))
+            else:
+                out.add(i, obj[column])
+    elif lower.endswith(".parquet"):
+        table = pq.read_table(io.BytesIO(data))
+        if column not in table.column_names:
+            raise BadPromptRows(
+                f"{path} has no column {column!r}; columns: {', '.join(table.column_names)}"
+            )
+        for i, text in enumerate(table.column(column).to_pylist(), start=1):
+            out.add(i, text)
+    elif lower.endswith((".csv", ".tsv")):
+        reader = csv.DictReader(
+            io.StringIO(data.decode("utf-8", errors="replace")),
+            delimiter="\t" if lower.endswith(".tsv") else ",",
+        )
+        if reader.fieldnames is None or column not in reader.fieldnames:
+            raise BadPromptRows(f"{path} has no column {column!r} in its header")
+        for i, record in enumerate(reader, start=2):  # row 1 is the header
+            out.add(i, record.get(column))
+    else:
+        raise BadPromptRows(f"{path}: unknown prompt file type (use .jsonl, .parquet or .csv)")
+
+
+def draw(rows: PromptRows, spec_prompts: PromptsSpec, heldout: int, iteration: int,
+         fresh_each_iteration: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (into `rows`) of this iteration's training prompts and of the held-out ones."""
+    order = np.random.default_rng(spec_prompts.seed).permutation(len(rows.rows))
+    heldout = min(heldout, max(len(order) - 1, 0))
+    pool, held = order[: len(order) - heldout], order[len(order) - heldout:]
+    count = spec_prompts.count or len(pool)
+    start = count * iteration if fresh_each_iteration else 0
+    if start >= len(pool) or (spec_prompts.count and start + count > len(pool) and fresh_each_iteration):
+        raise BadPromptRows(
+            f"iteration {iteration} needs prompts {start + 1}..{start + count} of the training "
+            f"pool, which has {len(pool)} (source rows minus {heldout} held out): add prompts, "
+            "lower prompts.count, or use iterations.prompts: same"
+        )
+    return pool[start: start + count], held
+
+
+def run_prompts(ctx: StageContext) -> dict:
+    """Write `prompts/prompts.parquet` and `prompts/heldout.parquet` for this iteration."""
+    spec = ctx.spec
+    heldout = spec.evaluation.count if spec.evaluation.enabled and spec.evaluation.prompts is None else 0
+    chash = config_hash(STAGE, spec.prompts, heldout, spec.iterations.prompts, ctx.iteration)
+    manifest = StageManifest.open(ctx.dir, STAGE, chash, force=ctx.force)
+    if manifest.complete:
+        return manifest.stats
+
+    rows = read_prompts(spec.prompts)
+    if rows.bad and spec.prompts.bad_rows == "fail":
+        first = "; ".join(f"row {r}: {why}" for r, why in rows.bad[:5])
+        raise BadPromptRows(f"{len(rows.bad)} bad prompt row(s): {first}")
+    if not rows.rows:
+        raise BadPromptRows("the prompt source has no usable prompt")
+    train_idx, held_idx = draw(rows, spec.prompts, heldout, ctx.iteration,
+                               spec.iterations.prompts == "new")
+    if spec.evaluation.enabled and spec.evaluation.prompts is not None:
+        held_rows = read_prompts(spec.evaluation.prompts)
+        held_table = _table(held_rows, np.arange(min(spec.evaluation.count, len(held_rows.rows))))
+    else:
+        held_table = _table(rows, held_idx)
+    ctx.dir.write_table(f"{STAGE}/heldout.parquet", held_table)
+    ctx.dir.write_table(f"{STAGE}/prompts.parquet", _table(rows, np.sort(train_idx)))
+    stats = {
+        "source_rows": len(rows.rows) + len(rows.bad),
+        "bad_rows": len(rows.bad),
+        "bad_row_examples": [f"row {r}: {why}" for r, why in rows.bad[:10]],
+        "prompts": int(len(train_idx)),
+        "heldout": int(held_table.num_rows),
+    }
+    manifest.finish(ctx.dir, **stats)
+    return stats
+
+
+def _table(rows: PromptRows, idx: np.ndarray) -> pa.Table:
+    return pa.table({
+        "prompt_id": pa.array([rows.rows[i] for i in idx], pa.int64()),
+        "prompt": pa.array([rows.prompts[i] for i in idx], pa.string()),
+    })

@@ -1,0 +1,70 @@
+"""Stage `train`: uncertainty-weighted SimPO (or an ablation) on the pairs of this iteration.
+
+The trainer reads only `pairs/pairs.parquet` and writes a Hugging Face checkpoint to
+`train/checkpoint-final`; intermediate checkpoints under `train/` let a killed run resume.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from spa_core.stages.context import StageContext
+from spa_core.stages.generate import upstream_hash
+from spa_core.stages.manifest import StageManifest, config_hash
+
+__all__ = ["NoPairs", "run_train"]
+
+STAGE = "train"
+
+
+class NoPairs(RuntimeError):
+    """Denoising kept no pair, so there is nothing to train on."""
+
+
+def run_train(ctx: StageContext) -> dict:
+    from spa_core.models import resolve_model
+    from spa_core.training import train
+
+    spec = ctx.spec
+    policy = ctx.policy_path()
+    chash = config_hash(STAGE, spec.training, policy or spec.model, upstream_hash(ctx, "pairs"))
+    manifest = StageManifest.open(ctx.dir, STAGE, chash, force=ctx.force)
+    if manifest.complete:
+        return manifest.stats
+    pair_stats = StageManifest.load(ctx.dir, "pairs").stats
+    if not pair_stats.get("pairs"):
+        raise NoPairs(
+            f"denoising kept no pair in {ctx.dir.url('pairs')} "
+            f"({pair_stats}); use more prompts, a larger sampling.n, a larger "
+            "denoising.rho or a smaller denoising.delta"
+        )
+    model_path, gguf_file = resolve_model(spec.model, policy)
+    if ctx.dir.is_local:
+        output = Path(ctx.dir.path(STAGE))
+        result = _train(ctx, train, model_path, gguf_file, output)
+    else:  # train on local disk, then upload the checkpoint
+        with tempfile.TemporaryDirectory(prefix="spa-train-") as tmp:
+            result = _train(ctx, train, model_path, gguf_file, Path(tmp))
+            ctx.dir.upload_dir(Path(result.checkpoint_dir), f"{STAGE}/checkpoint-final")
+    stats = {
+        "steps": result.steps,
+        "final_loss": result.final_loss,
+        "loss": spec.training.loss,
+        **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
+    }
+    ctx.dir.write_json(f"{STAGE}/log_history.json", result.log_history)
+    manifest.finish(ctx.dir, **stats)
+    return stats
+
+
+def _train(ctx: StageContext, train, model_path: str, gguf_file: str | None, output: Path):  # noqa: ANN001, ANN202
+    # The generation backends hold a copy of the policy; free it before training.
+    ctx.close()
+    return train(
+        ctx.dir.url("pairs/pairs.parquet"),
+        model_path=model_path,
+        gguf_file=gguf_file,
+        output_dir=str(output),
+        spec=ctx.spec.training,
+    )

@@ -1,0 +1,107 @@
+"""Stage `prompts`: sources, bad rows, held-out prompts and per-iteration draws."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from spa_core.rundir import RunDir
+from spa_core.spec import parse_run
+from spa_core.stages import StageContext
+from spa_core.stages.prompts import BadPromptRows, run_prompts
+
+
+def context(tmp_path: Path, iteration: int = 0, **spec: object) -> StageContext:
+    run = parse_run({"apiVersion": "alignment.spa.dev/v1alpha1", "kind": "SPAAlignmentRun",
+                     "metadata": {"name": "t"}, "spec": spec})
+    return StageContext(run=run, root=RunDir(tmp_path / "run"), iteration=iteration)
+
+
+def write_jsonl(path: Path, lines: list[str]) -> Path:
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bad_rows_are_skipped_and_counted(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "p.jsonl", [
+        json.dumps({"prompt": "How do I store bleach safely?"}),
+        "{not json",
+        json.dumps({"prompt": "   "}),
+        json.dumps({"text": "wrong key"}),
+        json.dumps({"prompt": 42}),
+        json.dumps(["a list"]),
+        json.dumps({"prompt": "Is it safe to mix cleaning products?"}),
+    ])
+    ctx = context(tmp_path, prompts={"path": str(src)}, evaluation={"enabled": False})
+    stats = run_prompts(ctx)
+    assert stats["prompts"] == 2 and stats["bad_rows"] == 5
+    assert any(e.startswith("row 2: not valid JSON") for e in stats["bad_row_examples"])
+    table = ctx.dir.read_table("prompts/prompts.parquet")
+    assert table.column("prompt_id").to_pylist() == [1, 7]  # ids are source row numbers
+
+
+def test_bad_rows_fail_with_the_row_number_when_asked(tmp_path: Path) -> None:
+    src = write_jsonl(tmp_path / "p.jsonl", [json.dumps({"prompt": "ok"}), "{broken"])
+    ctx = context(tmp_path, prompts={"path": str(src), "badRows": "fail"})
+    with pytest.raises(BadPromptRows, match="row 2: not valid JSON"):
+        run_prompts(ctx)
+    assert not ctx.dir.exists("prompts/prompts.parquet")
+
+
+@pytest.mark.parametrize("kind", ["csv", "parquet"])
+def test_csv_and_parquet_sources_read_the_configured_column(tmp_path: Path, kind: str) -> None:
+    texts = [f"question {i}?" for i in range(5)]
+    if kind == "csv":
+        src = tmp_path / "p.csv"
+        src.write_text("id,question\n" + "".join(f"{i},{t}\n" for i, t in enumerate(texts)) + "9,\n")
+    else:
+        src = tmp_path / "p.parquet"
+        pq.write_table(pa.table({"question": texts + [None]}), src)
+    ctx = context(tmp_path, prompts={"path": str(src), "column": "question"},
+                  evaluation={"count": 2})
+    stats = run_prompts(ctx)
+    assert (stats["prompts"], stats["heldout"], stats["bad_rows"]) == (3, 2, 1)
+    train = set(ctx.dir.read_table("prompts/prompts.parquet").column("prompt").to_pylist())
+    held = set(ctx.dir.read_table("prompts/heldout.parquet").column("prompt").to_pylist())
+    assert train | held == set(texts) and not train & held
+
+
+def test_missing_column_and_missing_file_are_clear_errors(tmp_path: Path) -> None:
+    src = tmp_path / "p.csv"
+    src.write_text("a,b\n1,2\n")
+    with pytest.raises(BadPromptRows, match="no column 'prompt'"):
+        run_prompts(context(tmp_path, prompts={"path": str(src)}))
+    with pytest.raises(BadPromptRows, match="does not exist"):
+        run_prompts(context(tmp_path, prompts={"path": str(tmp_path / "nope.jsonl")}))
+
+
+def test_new_prompts_each_iteration_do_not_overlap(tmp_path: Path) -> None:
+    spec = {"prompts": {"builtin": "harmlessness", "count": 5}, "iterations": {"count": 2,
+            "prompts": "new"}, "evaluation": {"count": 3}}
+    first, second = context(tmp_path, 0, **spec), context(tmp_path, 1, **spec)
+    run_prompts(first)
+    run_prompts(second)
+    a = set(first.dir.read_table("prompts/prompts.parquet").column("prompt_id").to_pylist())
+    b = set(second.dir.read_table("prompts/prompts.parquet").column("prompt_id").to_pylist())
+    held = set(first.dir.read_table("prompts/heldout.parquet").column("prompt_id").to_pylist())
+    assert len(a) == len(b) == 5 and not a & b and not (a | b) & held
+
+
+def test_running_out_of_new_prompts_says_what_to_change(tmp_path: Path) -> None:
+    spec = {"prompts": {"builtin": "harmlessness", "count": 30}, "iterations": {"count": 2,
+            "prompts": "new"}}
+    with pytest.raises(BadPromptRows, match="iterations.prompts: same"):
+        run_prompts(context(tmp_path, 1, **spec))
+
+
+def test_a_finished_stage_is_not_redone(tmp_path: Path) -> None:
+    ctx = context(tmp_path, prompts={"builtin": "honesty", "count": 4})
+    run_prompts(ctx)
+    path = Path(ctx.dir.path("prompts/prompts.parquet"))
+    before = path.stat().st_mtime_ns
+    assert run_prompts(ctx)["prompts"] == 4
+    assert path.stat().st_mtime_ns == before
