@@ -36,7 +36,7 @@ RunDirOpt = Annotated[
 ]
 IterationOpt = Annotated[int, typer.Option("--iteration", "-i", min=0, help="Iteration to work on.")]
 ForceOpt = Annotated[
-    bool, typer.Option("--force", help="Redo a stage whose output was made with another config.")
+    bool, typer.Option("--force", help="Discard the stage's earlier output and redo it.")
 ]
 
 

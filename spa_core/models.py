@@ -182,17 +182,19 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     """A causal LM on `device` (`None`/`auto`: GPU if any) in `dtype` (see `resolve_dtype`).
 
-    GGUF files are dequantised by transformers (needs `gguf`); local directories are read
-    with `local_files_only`. The model is returned in eval mode; call `.train()` to train.
-    Also sets up torch's CPU threads (`setup_cpu_threads`).
+    GGUF files are unpacked into plain dense weights (needs `gguf`): transformers would
+    otherwise keep them behind its GGUF quantizer, which the Trainer refuses to fine-tune and
+    cannot save. Local directories are read with `local_files_only`. The model is returned in
+    eval mode; call `.train()` to train. Also sets up torch's CPU threads.
     """
     setup_cpu_threads()
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, GgufConfig
 
     device = resolve_device(device)
     model = AutoModelForCausalLM.from_pretrained(
         path,
         gguf_file=gguf_file,
+        quantization_config=GgufConfig(dequantize=True) if gguf_file else None,
         revision=None if _local(path) else revision,
         local_files_only=_local(path),
         dtype=resolve_dtype(dtype, device),

@@ -190,6 +190,8 @@ class ScoringSpec(_Spec):
 
     max_tokens: Annotated[int, Field(ge=8, le=4096)] = 64
     """Maximum tokens of a judge answer."""
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.0
+    """Judge temperature (paper: 0); a very small judge may need sampling to spread its scores."""
     retries: Annotated[int, Field(ge=0, le=5)] = 1
     """Extra judge attempts for a response whose scores cannot be parsed."""
     structured_output: Literal["auto", "on", "off"] = "auto"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import socket
 import subprocess
 import sys
@@ -28,8 +27,6 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     Yields the base URL (`http://127.0.0.1:PORT/v1`). Mark tests using it `server`.
     """
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("llama-cpp-python[server] is not installed (the dev dependency group)")
     from spa_core.models import EMBEDDED_GGUF, embedded_model_dir
 
     gguf = embedded_model_dir() / EMBEDDED_GGUF

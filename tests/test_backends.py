@@ -154,7 +154,6 @@ def test_missing_embedded_package_says_which_extra(monkeypatch: pytest.MonkeyPat
 
 @pytest.fixture(scope="module")
 def local_backend():
-    pytest.importorskip("transformers", reason="the `train` extra is not installed")
     backend = make_backend(ModelSpec(), GeneratorSpec(backend="transformers", batch_size=8))
     yield backend
     backend.close()
@@ -188,4 +187,14 @@ def test_transformers_seeded_sampling_repeats(local_backend) -> None:
         for s in (1, 2)
     ]
     assert local_backend.generate(requests) == local_backend.generate(requests)
-    assert not local_backend.supports_json_schema
+
+
+def test_transformers_json_schema_is_enforced(local_backend) -> None:
+    """The 135M model ignores the judge format when free; constrained, every answer parses."""
+    assert local_backend.supports_json_schema
+    requests = [ask(f"Rate this answer: {q}", max_tokens=24, json_schema=SCORES_SCHEMA)
+                for q in QUESTIONS[:3]]
+    for result in local_backend.generate(requests):
+        data = json.loads(result.text)
+        assert set(data) == {"harmlessness", "helpfulness"}
+        assert all(isinstance(v, int) for v in data.values())

@@ -90,3 +90,12 @@ def test_config_hash_is_stable_and_sensitive() -> None:
 
     assert config_hash(SamplingSpec()) == config_hash(SamplingSpec())
     assert config_hash(SamplingSpec()) != config_hash(SamplingSpec(n=4))
+
+
+def test_force_redoes_a_finished_stage_even_with_the_same_config(tmp_path: Path) -> None:
+    rd = RunDir(tmp_path)
+    chash = config_hash({"n": 3})
+    StageManifest.open(rd, "scores", chash).finish(rd, ok=1)
+    assert StageManifest.open(rd, "scores", chash).complete
+    redo = StageManifest.open(rd, "scores", chash, force=True)
+    assert not redo.complete and redo.shards == {}

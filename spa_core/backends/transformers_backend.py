@@ -2,11 +2,14 @@
 
 Requests are grouped by sampling settings and sorted by prompt length, so each batch of
 `generator.batch_size` pads little; prompts are left-padded; results come back in input
-order. Greedy when temperature is 0. JSON schemas are not enforced here.
+order. Greedy when temperature is 0. JSON schemas are enforced with xgrammar (the grammar
+engine vLLM uses) where it is installed: a weak model's judge answers then always parse.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import logging
 import time
 import zlib
@@ -25,7 +28,7 @@ log = logging.getLogger(__name__)
 class TransformersBackend:
     """A causal LM loaded with transformers, generating in batches."""
 
-    supports_json_schema: bool = False
+    supports_json_schema: bool = importlib.util.find_spec("xgrammar") is not None
 
     def __init__(
         self,
@@ -51,6 +54,7 @@ class TransformersBackend:
         self.eos_ids = _eos_ids(self.tokenizer, self.model)
         self.pad_id = self.tokenizer.pad_token_id
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self._grammars: dict[str, Any] = {}
 
     @classmethod
     def from_spec(
@@ -102,12 +106,13 @@ class TransformersBackend:
     def _batches(
         self, requests: Sequence[ChatRequest], prompts: dict[int, list[int]]
     ) -> list[list[int]]:
-        """Indices grouped by (temperature, top_p), sorted by length, cut into batches."""
-        groups: dict[tuple[float, float], list[int]] = {}
+        """Indices grouped by (temperature, top_p, schema), sorted by length, cut into batches."""
+        groups: dict[tuple[float, float, str | None], list[int]] = {}
         for index in prompts:
             request = requests[index]
             top_p = request.top_p if request.temperature > 0 else 1.0
-            groups.setdefault((request.temperature, top_p), []).append(index)
+            schema = _schema_key(request.json_schema) if self.supports_json_schema else None
+            groups.setdefault((request.temperature, top_p, schema), []).append(index)
         batches = []
         for indices in groups.values():
             indices.sort(key=lambda i: len(prompts[i]))
@@ -147,6 +152,8 @@ class TransformersBackend:
                 torch.manual_seed(zlib.crc32(repr(seeds).encode()))
         else:
             options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if first.json_schema is not None and self.supports_json_schema:
+            options["logits_processor"] = [self._schema_processor(first.json_schema)]
         with torch.inference_mode():
             output = self.model.generate(
                 input_ids=input_ids.to(self.device),
@@ -158,6 +165,21 @@ class TransformersBackend:
             self._finish(tokens, limit)
             for tokens, limit in zip(new_tokens, max_tokens, strict=True)
         ]
+
+    def _schema_processor(self, schema: dict[str, Any]) -> Any:
+        """A fresh xgrammar logits processor (one per generate call) for a JSON schema."""
+        import xgrammar as xgr
+        from xgrammar.contrib.hf import LogitsProcessor
+
+        key = _schema_key(schema)
+        if key not in self._grammars:
+            if not self._grammars:
+                info = xgr.TokenizerInfo.from_huggingface(
+                    self.tokenizer, vocab_size=self.model.config.vocab_size,
+                    stop_token_ids=self.eos_ids)
+                self._compiler = xgr.GrammarCompiler(info)
+            self._grammars[key] = self._compiler.compile_json_schema(key)
+        return LogitsProcessor(self._grammars[key])
 
     def _finish(self, tokens: list[int], limit: int) -> ChatResult:
         """Cut one row at its first end-of-sequence token or its own max_tokens."""
@@ -178,6 +200,10 @@ class TransformersBackend:
 
     def __repr__(self) -> str:
         return f"TransformersBackend(device={self.device!r}, batch_size={self.batch_size})"
+
+
+def _schema_key(schema: dict[str, Any] | None) -> str | None:
+    return None if schema is None else json.dumps(schema, sort_keys=True)
 
 
 def _eos_ids(tokenizer: Any, model: Any) -> list[int]:

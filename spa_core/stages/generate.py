@@ -140,7 +140,8 @@ def judge(ctx: StageContext, instructions: Sequence[str], responses: Sequence[st
                 messages=judge_messages(
                     responses[i], obj.primary, obj.constitution, obj.secondary,
                     instruction=instructions[i] if sc.include_instruction else None),
-                temperature=0.0 if attempt == 0 else RETRY_TEMPERATURE,
+                temperature=sc.temperature if attempt == 0 else max(sc.temperature,
+                                                                    RETRY_TEMPERATURE),
                 max_tokens=sc.max_tokens, json_schema=schema,
                 seed=attempt * 7919 + i,
             )
@@ -164,10 +165,8 @@ def run_score(ctx: StageContext) -> dict:
                         upstream_hash(ctx, "samples"))
     manifest = StageManifest.open(ctx.dir, "scores", chash, force=ctx.force)
     if not manifest.complete:
-        names = [rel.split("/")[-1].removesuffix(".parquet")
-                 for rel in ctx.dir.glob("samples/shard-*.parquet")]
         prompts = _prompt_lookup(ctx)
-        todo = [name for name in names if not manifest.is_done(name)]
+        todo = _unfinished(ctx, "samples", manifest)
         tables = {name: ctx.dir.read_table(f"samples/{name}.parquet") for name in todo}
         with ctx.progress("score", sum(t.num_rows for t in tables.values())) as advance:
             for name, samples in tables.items():
@@ -196,10 +195,8 @@ def run_refine(ctx: StageContext) -> dict:
                         upstream_hash(ctx, "scores"))
     manifest = StageManifest.open(ctx.dir, "refined", chash, force=ctx.force)
     if not manifest.complete:
-        names = [rel.split("/")[-1].removesuffix(".parquet")
-                 for rel in ctx.dir.glob("scores/shard-*.parquet")]
         prompts = _prompt_lookup(ctx)
-        todo = [name for name in names if not manifest.is_done(name)]
+        todo = _unfinished(ctx, "scores", manifest)
         with ctx.progress("refine", len(todo)) as advance:
             for name in todo:
                 samples = ctx.dir.read_table(f"samples/{name}.parquet")
@@ -232,6 +229,13 @@ def run_refine(ctx: StageContext) -> dict:
                 advance(1)
         manifest.finish(ctx.dir, **_status_totals(manifest))
     return manifest.stats
+
+
+def _unfinished(ctx: StageContext, upstream: str, manifest: StageManifest) -> list[str]:
+    """Shards of the upstream stage that this stage has not finished yet."""
+    names = [rel.split("/")[-1].removesuffix(".parquet")
+             for rel in ctx.dir.glob(f"{upstream}/shard-*.parquet")]
+    return [name for name in names if not manifest.is_done(name)]
 
 
 def _prompt_lookup(ctx: StageContext) -> dict[int, str]:

@@ -56,13 +56,13 @@ class StageManifest:
     def open(cls, rundir: RunDir, stage: str, chash: str, *, force: bool = False) -> StageManifest:
         """Load the stage's manifest, or start a new one.
 
-        Raises ConfigMismatch when earlier output was made with another configuration,
-        unless `force`, which discards it.
+        `force` discards earlier output and starts over. Without it, earlier output made
+        with another configuration raises ConfigMismatch (unless nothing was finished yet).
         """
         rel = f"{stage}/{MANIFEST}"
         if rundir.exists(rel):
             data = rundir.read_json(rel)
-            if data.get("config_hash") == chash:
+            if data.get("config_hash") == chash and not force:
                 return cls(**data)
             nothing_to_lose = not data.get("shards") and not data.get("complete")
             if not (force or nothing_to_lose):
@@ -71,7 +71,9 @@ class StageManifest:
                     f"(hash {data.get('config_hash')}, now {chash}); rerun with --force to "
                     "redo it, or use a new run directory"
                 )
-            rundir.remove(stage)
+        # Anything left in the directory (partial shards, a trainer's checkpoints) belongs to
+        # an abandoned attempt: start clean.
+        rundir.remove(stage)
         manifest = cls(stage=stage, config_hash=chash)
         manifest.save(rundir)
         return manifest

@@ -1,0 +1,438 @@
+"""Preference training on the pairs Parquet: SPA (weighted SimPO) and the paper's ablations.
+
+* `spa`: TRL's CPOTrainer (SimPO mode) with each pair's uncertainty weight carried from the
+  Parquet through tokenisation and the collator into `spa_simpo_loss`.
+* `simpo`: the same trainer with the weights ignored; identical to TRL's CPO SimPO loss.
+* `dpo`: TRL's DPOTrainer, the reference model a frozen copy of the initial policy.
+* `sft`: TRL's SFTTrainer on prompt + chosen (completion-only loss).
+
+`train` is the one entry point: it resumes from the last complete `checkpoint-N` of its
+output directory and publishes `checkpoint-final` atomically (temp dir + rename), so a run
+whose final checkpoint exists returns at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+from datasets import Dataset
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallback
+from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
+from trl.import_utils import TRLExperimentalWarning
+
+from spa_core.spec import TrainingSpec
+from spa_core.training.data import PairsError, load_pairs, preference_dataset, sft_dataset
+from spa_core.training.loss import spa_simpo_loss
+
+# CPOTrainer lives in trl.experimental, whose import warns that its API may change; the
+# project pins trl==1.16.* for exactly that reason, so the notice carries no information.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", category=TRLExperimentalWarning)
+    from trl.experimental.cpo import CPOConfig, CPOTrainer
+    from trl.experimental.utils import DPODataCollatorWithPadding
+
+__all__ = [
+    "FINAL_CHECKPOINT",
+    "RESULT_FILE",
+    "SPATrainer",
+    "TrainResult",
+    "WeightedPreferenceCollator",
+    "last_checkpoint",
+    "train",
+]
+
+log = logging.getLogger(__name__)
+
+#: The published checkpoint inside the output directory.
+FINAL_CHECKPOINT = "checkpoint-final"
+#: Written inside `checkpoint-final`: what `train` returned, so a rerun can return it again.
+RESULT_FILE = "spa_train_result.json"
+_PARTIAL = ".checkpoint-final.partial"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished training run produced."""
+
+    checkpoint_dir: str
+    """The loadable Hugging Face checkpoint (model + tokenizer, safetensors)."""
+    steps: int
+    """Optimizer steps taken in total (across resumes)."""
+    final_loss: float | None
+    """The last logged training loss."""
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    """Every logged record (loss, rewards/margins, learning_rate, ... and `step`)."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """Trainer summary metrics (train_runtime, train_loss, ...) of the last `train` call."""
+
+
+class _NoTelemetry:
+    """TRL trainers ping the Hugging Face Hub on start; training pods often have no egress
+    and a job must not phone home, so the ping is skipped."""
+
+    def _send_telemetry(self) -> None:
+        return None
+
+
+@dataclass
+class WeightedPreferenceCollator(DPODataCollatorWithPadding):
+    """TRL's CPO collator, plus the pairs' `weight` as a float tensor of shape (batch,)."""
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = super().__call__(features)
+        if "weight" in features[0]:
+            weights = [float(f["weight"]) for f in features]
+            batch["weight"] = torch.tensor(weights, dtype=torch.float32)
+        return batch
+
+
+def _has_completions(row: dict[str, Any]) -> bool:
+    return any(t != -100 for t in row["chosen_labels"]) and any(
+        t != -100 for t in row["rejected_labels"]
+    )
+
+
+class SPATrainer(_NoTelemetry, CPOTrainer):
+    """CPOTrainer in SimPO mode whose per-pair losses are weighted by the `weight` column.
+
+    With `use_weights=False` (the `simpo` ablation) the loss is TRL's SimPO loss.
+    Completions are cut to `max_completion_length` tokens; pairs left without a completion
+    (their prompt alone fills `max_length`) are dropped, as TRL's DPOTrainer does.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: PreTrainedModel,
+        args: CPOConfig,
+        train_dataset: Dataset,
+        processing_class: PreTrainedTokenizerBase,
+        use_weights: bool = True,
+        callbacks: list[TrainerCallback] | None = None,
+    ) -> None:
+        simpo = (args.loss_type, args.cpo_alpha, args.label_smoothing, args.alpha)
+        if simpo != ("simpo", 0.0, 0.0, 0.0):
+            raise ValueError(
+                "SPATrainer needs CPOConfig(loss_type='simpo', cpo_alpha=0, label_smoothing=0, "
+                f"alpha=0); got loss_type={args.loss_type!r}, cpo_alpha={args.cpo_alpha}, "
+                f"label_smoothing={args.label_smoothing}, alpha={args.alpha}"
+            )
+        if use_weights and "weight" not in train_dataset.column_names:
+            raise ValueError("train_dataset has no `weight` column (needed with use_weights=True)")
+        # The collator sees whole rows only when the Trainer keeps columns the model's
+        # forward() does not name (`weight` among them).
+        if args.remove_unused_columns:
+            raise ValueError("SPATrainer needs remove_unused_columns=False to keep `weight`")
+        if processing_class.pad_token is None:
+            processing_class.pad_token = processing_class.eos_token
+        self.use_weights = use_weights
+        self._batch_weights: torch.Tensor | None = None
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=WeightedPreferenceCollator(pad_token_id=processing_class.pad_token_id),
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            callbacks=callbacks,
+        )
+        total = len(self.train_dataset)
+        self.train_dataset = self.train_dataset.filter(_has_completions)
+        if len(self.train_dataset) < total:
+            log.warning(
+                "dropped %d of %d pairs whose prompt alone fills max_length=%d tokens",
+                total - len(self.train_dataset), total, self.max_length,
+            )
+        if len(self.train_dataset) == 0:
+            raise PairsError(
+                f"every pair's prompt fills max_length={self.max_length} tokens: raise maxLength"
+            )
+
+    def tokenize_row(self, feature: dict[str, Any], model: Any = None) -> dict[str, Any]:
+        """TRL's tokenisation, then completions cut to `max_completion_length` tokens."""
+        row = super().tokenize_row(feature, model)
+        limit = self.max_completion_length
+        if limit is None or self.is_encoder_decoder:
+            return row
+        for side in ("chosen", "rejected"):
+            labels = row[f"{side}_labels"]
+            start = next((i for i, t in enumerate(labels) if t != -100), len(labels))
+            for key in ("input_ids", "attention_mask", "labels"):
+                row[f"{side}_{key}"] = row[f"{side}_{key}"][: start + limit]
+        return row
+
+    def get_batch_loss_metrics(
+        self, model: Any, batch: dict[str, Any], train_eval: str = "train"
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        # TRL's method runs the forward pass and calls `cpo_loss(chosen, rejected)`, which
+        # has no room for weights: they are handed over for the duration of this call.
+        weights = batch.get("weight") if self.use_weights else None
+        self._batch_weights = weights
+        try:
+            loss, metrics = super().get_batch_loss_metrics(model, batch, train_eval)
+        finally:
+            self._batch_weights = None
+        if weights is not None:
+            prefix = "eval_" if train_eval == "eval" else ""
+            metrics[f"{prefix}weights/mean"] = (
+                self.accelerator.gather_for_metrics(weights.detach()).mean().item()
+            )
+        return loss, metrics
+
+    def cpo_loss(
+        self, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-pair weighted SimPO losses; rewards for logging as TRL computes them."""
+        _, chosen_rewards, rejected_rewards = super().cpo_loss(
+            policy_chosen_logps, policy_rejected_logps
+        )
+        losses = spa_simpo_loss(
+            policy_chosen_logps.to(self.accelerator.device),
+            policy_rejected_logps.to(self.accelerator.device),
+            self._batch_weights,
+            beta=self.beta,
+            gamma=self.simpo_gamma,
+            reduction="none",
+        )
+        return losses, chosen_rewards, rejected_rewards
+
+
+class _DPOTrainer(_NoTelemetry, DPOTrainer):
+    """TRL's DPOTrainer without the start-up telemetry ping."""
+
+
+class _SFTTrainer(_NoTelemetry, SFTTrainer):
+    """TRL's SFTTrainer without the start-up telemetry ping."""
+
+
+class _ForwardLogs(TrainerCallback):
+    """Hands every log record (with its `step`) to a user callback, on the main process."""
+
+    def __init__(self, receiver: Callable[[dict[str, Any]], None]) -> None:
+        self.receiver = receiver
+
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001, ANN201
+        if logs and state.is_world_process_zero:
+            self.receiver({**logs, "step": state.global_step})
+
+
+def last_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
+    """The highest `checkpoint-N` in `output_dir` that was completely written (its
+    trainer_state.json, the last file the Trainer writes, exists), or None."""
+    root = Path(output_dir)
+    if not root.is_dir():
+        return None
+    steps = sorted(
+        (int(m.group(1)), p)
+        for p in root.iterdir()
+        if p.is_dir() and (m := _CHECKPOINT.match(p.name))
+    )
+    for _, path in reversed(steps):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+    return None
+
+
+def _common_args(
+    spec: TrainingSpec, output_dir: str, device: str, report_to: list[str] | None, save_steps: int
+) -> dict[str, Any]:
+    on_cpu = device == "cpu"
+    return dict(
+        output_dir=output_dir,
+        learning_rate=spec.learning_rate,
+        num_train_epochs=spec.epochs,
+        max_steps=spec.max_steps or -1,
+        per_device_train_batch_size=spec.per_device_batch_size,
+        gradient_accumulation_steps=spec.gradient_accumulation_steps,
+        lr_scheduler_type="cosine",  # SimPO's recipe: cosine decay after linear warmup
+        # transformers reads a warmup_steps below 1 as a ratio; 1.0 would mean one step.
+        warmup_steps=min(spec.warmup_ratio, 0.999999),
+        # transformers 5 name (gradient_checkpointing is its deprecated alias, mirrored).
+        activation_checkpointing=spec.gradient_checkpointing,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        # fp32 master weights; bf16 autocast on GPUs. Pure-bf16 weights would round away
+        # updates at the paper's learning rates (5e-7..1e-5).
+        bf16=not on_cpu,
+        fp16=False,
+        use_cpu=on_cpu,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=2,
+        report_to=report_to or "none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def _build_trainer(
+    spec: TrainingSpec,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: pa.Table,
+    args: dict[str, Any],
+    callbacks: list[TrainerCallback],
+) -> Any:
+    if spec.loss in ("spa", "simpo"):
+        config = CPOConfig(
+            **args,
+            loss_type="simpo",
+            cpo_alpha=0.0,
+            beta=spec.beta,
+            simpo_gamma=spec.gamma,
+            max_length=spec.max_length,
+            max_completion_length=spec.max_completion_length,
+            remove_unused_columns=False,
+        )
+        return SPATrainer(
+            model=model,
+            args=config,
+            train_dataset=preference_dataset(pairs, with_weight=spec.loss == "spa"),
+            processing_class=tokenizer,
+            use_weights=spec.loss == "spa",
+            callbacks=callbacks,
+        )
+    if spec.loss == "dpo":
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+        config = DPOConfig(
+            **args, beta=spec.beta, loss_type=["sigmoid"], max_length=spec.max_length
+        )
+        return _DPOTrainer(
+            model=model,
+            ref_model=reference,
+            args=config,
+            train_dataset=preference_dataset(pairs, with_weight=False),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    if spec.loss == "sft":
+        config = SFTConfig(
+            **args, max_length=spec.max_length, completion_only_loss=True, packing=False
+        )
+        return _SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=sft_dataset(pairs),
+            processing_class=tokenizer,
+            callbacks=callbacks,
+        )
+    raise ValueError(f"unknown loss {spec.loss!r}")
+
+
+def _load_policy(model_path: str, gguf_file: str | None) -> PreTrainedModel:
+    """The policy as a plain fp32 model on the CPU; the Trainer (or FSDP) places it."""
+    from spa_core.models import load_causal_lm
+
+    model = load_causal_lm(model_path, gguf_file, dtype="float32", device="cpu")
+    if getattr(model, "is_quantized", False):
+        raise ValueError(f"{model_path} loads as a quantized model, which cannot be fine-tuned")
+    return model
+
+
+def _read_result(final: Path) -> TrainResult:
+    path = final / RESULT_FILE
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    return TrainResult(
+        checkpoint_dir=str(final),
+        steps=data.get("steps", 0),
+        final_loss=data.get("final_loss"),
+        log_history=data.get("log_history", []),
+        metrics=data.get("metrics", {}),
+    )
+
+
+def _final_loss(log_history: list[dict[str, Any]]) -> float | None:
+    losses = [r["loss"] for r in log_history if "loss" in r]
+    return float(losses[-1]) if losses else None
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def train(
+    pairs_path: str,
+    *,
+    model_path: str,
+    gguf_file: str | None,
+    output_dir: str,
+    spec: TrainingSpec,
+    device: str | None = None,
+    report_to: list[str] | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+    save_steps: int = 50,
+) -> TrainResult:
+    """Train the policy at `model_path` (a directory, with `gguf_file` inside it, or a Hub id)
+    on the pairs Parquet at `pairs_path` (local or fsspec URI) with `spec.loss`.
+
+    Publishes `<output_dir>/checkpoint-final` (model + tokenizer, safetensors), resumes
+    from the last complete `checkpoint-N` (saved every `save_steps` steps, two kept), and
+    returns the stored result at once when `checkpoint-final` already exists. `device`:
+    None picks a GPU when one is visible; CPUs train in fp32, GPUs in bf16 autocast.
+    `on_log` receives every log record (main process only).
+    """
+    from spa_core.models import load_tokenizer, resolve_device
+
+    root = Path(output_dir)
+    final = root / FINAL_CHECKPOINT
+    if final.is_dir():
+        log.info("%s exists: training already done", final)
+        return _read_result(final)
+
+    pairs = load_pairs(pairs_path)  # before the model: a bad file fails in seconds
+    device = resolve_device(device)
+    tokenizer = load_tokenizer(model_path, gguf_file)
+    model = _load_policy(model_path, gguf_file)  # fp32 master weights, even under bf16
+    callbacks: list[TrainerCallback] = [_ForwardLogs(on_log)] if on_log else []
+    args = _common_args(spec, str(root), device, report_to, save_steps)
+    trainer = _build_trainer(spec, model, tokenizer, pairs, args, callbacks)
+
+    resume = last_checkpoint(root)
+    if resume:
+        log.info("resuming from %s", resume)
+    output = trainer.train(resume_from_checkpoint=resume)
+
+    partial = root / _PARTIAL
+    if trainer.is_world_process_zero() and partial.exists():
+        shutil.rmtree(partial)
+    trainer.accelerator.wait_for_everyone()
+    trainer.save_model(str(partial))  # every rank: sharded models gather their weights
+    log_history = _json_safe(trainer.state.log_history)
+    result = TrainResult(
+        checkpoint_dir=str(final),
+        steps=trainer.state.global_step,
+        final_loss=_final_loss(log_history),
+        log_history=log_history,
+        metrics=_json_safe(dict(output.metrics)),
+    )
+    if trainer.is_world_process_zero():
+        record = {k: v for k, v in asdict(result).items() if k != "checkpoint_dir"}
+        record["spec"] = spec.model_dump(mode="json")
+        (partial / RESULT_FILE).write_text(json.dumps(record, indent=1))
+        os.replace(partial, final)
+        # The final checkpoint supersedes the resumable ones (weights + optimizer state).
+        for path in root.iterdir():
+            if path.is_dir() and _CHECKPOINT.match(path.name):
+                shutil.rmtree(path, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    return result

@@ -1,0 +1,138 @@
+"""The `spa` command as a user runs it: errors, resumption after a kill, the whole loop.
+
+These run the real CLI in a subprocess with the real embedded model (SmolLM2-135M-Instruct
+on the CPU), at tiny sizes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+SPA = [sys.executable, "-m", "spa_core.cli"]
+
+
+def write_spec(path: Path, **spec: object) -> Path:
+    doc = {"apiVersion": "alignment.spa.dev/v1alpha1", "kind": "SPAAlignmentRun",
+           "metadata": {"name": "tiny"}, "spec": spec}
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def spa(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([*SPA, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_validate_prints_every_default(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "run.yaml", sampling={"n": 5})
+    out = spa("validate", spec)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["spec"]["sampling"]["n"] == 5
+    assert data["spec"]["denoising"] == {"rho": 30.0, "delta": 2.0}
+
+
+def test_invalid_spec_exits_2_naming_the_field(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "run.yaml", denoising={"rho": -3})
+    out = spa("run", spec, "--run-dir", tmp_path / "run")
+    assert out.returncode == 2
+    assert "spec.denoising.rho" in out.stderr and "> 0.0" in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_stage_before_its_input_exists_says_which_command_to_run(tmp_path: Path) -> None:
+    spec = write_spec(tmp_path / "run.yaml", prompts={"builtin": "honesty", "count": 2})
+    out = spa("score", spec, "--run-dir", tmp_path / "run")
+    assert out.returncode == 1
+    assert "run `spa sample` first" in out.stderr
+
+
+def test_unreachable_server_is_a_clear_error_and_nothing_is_marked_done(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path / "run.yaml",
+        prompts={"builtin": "honesty", "count": 2},
+        generator={"backend": "openai", "url": "http://127.0.0.1:9/v1", "maxRetries": 1,
+                   "timeoutSeconds": 2},
+    )
+    run_dir = tmp_path / "run"
+    assert spa("prompts", spec, "--run-dir", run_dir).returncode == 0
+    out = spa("sample", spec, "--run-dir", run_dir, timeout=120)
+    assert out.returncode == 1
+    assert "http://127.0.0.1:9/v1" in out.stderr
+    manifest = json.loads((run_dir / "iter-00/samples/_manifest.json").read_text())
+    assert manifest["shards"] == {} and not manifest["complete"]
+
+
+def test_a_killed_stage_resumes_without_redoing_finished_shards(tmp_path: Path) -> None:
+    spec = write_spec(
+        tmp_path / "run.yaml",
+        prompts={"builtin": "harmlessness", "count": 8},
+        sampling={"n": 2, "maxTokens": 24},
+        storage={"shardSize": 1},
+        generator={"batchSize": 2},
+    )
+    run_dir = tmp_path / "run"
+    assert spa("prompts", spec, "--run-dir", run_dir).returncode == 0
+    manifest = run_dir / "iter-00/samples/_manifest.json"
+    proc = subprocess.Popen([*SPA, "sample", str(spec), "--run-dir", str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if manifest.exists() and json.loads(manifest.read_text())["shards"]:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = json.loads(manifest.read_text())["shards"]
+    assert 1 <= len(done) < 8, "the stage must be killed part-way"
+    first = run_dir / "iter-00/samples/shard-00000.parquet"
+    stamp = first.stat().st_mtime_ns
+
+    out = spa("sample", spec, "--run-dir", run_dir)
+    assert out.returncode == 0, out.stderr
+    final = json.loads(manifest.read_text())
+    assert final["complete"] and len(final["shards"]) == 8
+    assert first.stat().st_mtime_ns == stamp, "a finished shard was redone"
+    assert final["shards"]["shard-00000"]["finished_at"] == done["shard-00000"]["finished_at"]
+
+
+@pytest.mark.slow
+def test_spa_run_of_the_shipped_example_goes_from_prompts_to_a_trained_checkpoint(
+        tmp_path: Path) -> None:
+    """The README's main job, examples/local.yaml, as a user runs it (minutes on a CPU)."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "local.yaml"
+    run_dir = tmp_path / "run"
+    out = spa("run", example, "--run-dir", run_dir, timeout=1800)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert "preference pairs" in out.stdout and "final training loss" in out.stdout
+
+    import pyarrow.parquet as pq
+    from transformers import AutoModelForCausalLM
+
+    pairs = pq.read_table(run_dir / "iter-00/pairs/pairs.parquet")
+    assert pairs.num_rows > 0
+    assert {"prompt", "chosen", "rejected", "weight", "gap"} <= set(pairs.column_names)
+    spec = yaml.safe_load(example.read_text())["spec"]
+    assert spec["training"]["alpha"] == 1.0  # so the weights are gap / mean gap: mean 1
+    assert sum(pairs.column("weight").to_pylist()) / pairs.num_rows == pytest.approx(1.0)
+    train = json.loads((run_dir / "iter-00/train/_manifest.json").read_text())
+    assert train["complete"] and train["stats"]["steps"] == spec["training"]["maxSteps"]
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "iter-00/train/checkpoint-final")
+    assert model.num_parameters() > 100_000_000
+    evaluation = json.loads((run_dir / "iter-00/evaluate/_manifest.json").read_text())
+    assert evaluation["complete"]
+    assert evaluation["stats"]["prompts"] == spec["evaluation"]["count"]
+
+    again = spa("run", example, "--run-dir", run_dir)  # everything is done: nothing is redone
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((run_dir / "iter-00/train/_manifest.json").read_text()) == train

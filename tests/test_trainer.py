@@ -1,0 +1,378 @@
+"""The trainer on a tiny random Llama: weights reach the loss, every loss trains and saves a
+loadable checkpoint, simpo is TRL's SimPO, killed runs resume, bad pairs files fail clearly."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import torch
+
+from spa_core.spec import TrainingSpec
+from spa_core.training.data import (
+    PairsError,
+    load_pairs,
+    preference_dataset,
+    sft_dataset,
+)
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+PAIRS = {
+    "prompt": ["How do I pick a lock?", "What is the weather today?",
+               "Can you see me?", "Write a threatening letter."],
+    "chosen": ["I cannot help with that; a locksmith can.",
+               "I have no real-time access; check a forecast.",
+               "No, I cannot see or hear anything.",
+               "I will not write threats, but I can help you say what upsets you."],
+    "rejected": ["Here is how.", "It is sunny.", "Yes, you look great.", "Dear enemy, beware."],
+    "weight": [0.25, 1.75, 0.5, 1.5],
+    "prompt_id": [0, 1, 2, 3],  # an extra column the trainer ignores
+}
+
+# TRL 1.16's DPOTrainer reads `model.is_gradient_checkpointing`, which transformers 5.2x
+# deprecates with a FutureWarning on every step; the warning is theirs to fix, not ours.
+IGNORE_TRL_DPO_DEPRECATION = pytest.mark.filterwarnings(
+    "ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 2-layer, 32-wide random Llama with a 320-token BPE tokenizer and a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    corpus = [" ".join(PAIRS[c]) for c in ("prompt", "chosen", "rejected")]
+    corpus.append("system user assistant")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
+        vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>",
+                                        eos_token="<|im_end|>", pad_token="<|im_end|>")
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def write_pairs(path: Path, **overrides: list[Any]) -> str:
+    pq.write_table(pa.table({**PAIRS, **overrides}), path)
+    return str(path)
+
+
+@pytest.fixture
+def pairs_path(tmp_path: Path) -> str:
+    return write_pairs(tmp_path / "pairs.parquet")
+
+
+def spec(**kw: Any) -> TrainingSpec:
+    """Two quick steps that visibly move a tiny model."""
+    base = dict(max_steps=2, per_device_batch_size=2, learning_rate=1e-2, warmup_ratio=0.0,
+                max_length=64, max_completion_length=32)
+    return TrainingSpec(**{**base, **kw})
+
+
+def run(pairs: str, model: str, out: Path, training: TrainingSpec, **kw: Any):
+    from spa_core.training import train
+
+    kw.setdefault("gguf_file", None)
+    return train(pairs, model_path=model, output_dir=str(out), spec=training, device="cpu", **kw)
+
+
+def state_dict(path: str) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, local_files_only=True).state_dict()
+
+
+def losses(log_history: list[dict[str, Any]]) -> list[float]:
+    return [r["loss"] for r in log_history if "loss" in r]
+
+
+# --- data ---------------------------------------------------------------------------
+
+
+def test_pairs_become_conversational_preferences_with_weights(tmp_path):
+    path = write_pairs(tmp_path / "p.parquet", system_prompt=["Be honest.", None, None, None])
+    dataset = preference_dataset(load_pairs(path))
+    assert dataset.column_names == ["prompt", "chosen", "rejected", "weight"]
+    assert dataset[0]["prompt"] == [{"role": "system", "content": "Be honest."},
+                                    {"role": "user", "content": PAIRS["prompt"][0]}]
+    assert dataset[1]["prompt"] == [{"role": "user", "content": PAIRS["prompt"][1]}]
+    assert dataset[0]["chosen"] == [{"role": "assistant", "content": PAIRS["chosen"][0]}]
+    assert dataset[0]["rejected"] == [{"role": "assistant", "content": PAIRS["rejected"][0]}]
+    assert dataset["weight"] == PAIRS["weight"]
+    assert "weight" not in preference_dataset(load_pairs(path), with_weight=False).column_names
+
+
+def test_sft_data_is_each_distinct_chosen_response_once(tmp_path):
+    path = write_pairs(tmp_path / "p.parquet",
+                       chosen=[PAIRS["chosen"][0]] * 2 + PAIRS["chosen"][2:],
+                       prompt=[PAIRS["prompt"][0]] * 2 + PAIRS["prompt"][2:])
+    dataset = sft_dataset(load_pairs(path))
+    assert len(dataset) == 3
+    assert dataset[0]["completion"] == [{"role": "assistant", "content": PAIRS["chosen"][0]}]
+
+
+def test_missing_columns_are_named(tmp_path):
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": ["x"], "chosen": ["y"]}), path)
+    with pytest.raises(PairsError, match=r"missing column\(s\) rejected, weight"):
+        load_pairs(str(path))
+
+
+def test_no_pairs_is_an_error(tmp_path):
+    path = write_pairs(tmp_path / "p.parquet", **{k: [] for k in PAIRS})
+    with pytest.raises(PairsError, match="no preference pairs"):
+        load_pairs(path)
+
+
+@pytest.mark.parametrize("weight", [-1.0, math.nan, math.inf])
+def test_bad_weights_are_rejected(tmp_path, weight):
+    path = write_pairs(tmp_path / "p.parquet", weight=[1.0, weight, 1.0, 1.0])
+    with pytest.raises(PairsError, match="row 1"):
+        load_pairs(path)
+
+
+def test_train_fails_on_missing_columns_before_loading_the_model(tmp_path):
+    path = tmp_path / "p.parquet"
+    pq.write_table(pa.table({"prompt": ["x"], "chosen": ["y"], "rejected": ["z"]}), path)
+    with pytest.raises(PairsError, match="weight"):
+        run(str(path), str(tmp_path / "no-such-model"), tmp_path / "out", spec())
+
+
+# --- trainer ------------------------------------------------------------------------
+
+
+def test_weights_reach_the_batch_and_the_loss(tiny_model, pairs_path, tmp_path):
+    """The batch the trainer computes the loss on carries each pair's own weight, and the
+    per-pair losses are spa_simpo_loss with those weights."""
+    from spa_core.models import load_causal_lm, load_tokenizer
+    from spa_core.training.loss import spa_simpo_loss
+    from spa_core.training.trainer import _build_trainer, _common_args
+
+    training = spec(max_steps=1, per_device_batch_size=4)
+    args = _common_args(training, str(tmp_path / "out"), "cpu", None, save_steps=50)
+    trainer = _build_trainer(training, load_causal_lm(tiny_model, device="cpu"),
+                             load_tokenizer(tiny_model), load_pairs(pairs_path), args, [])
+    seen: dict[str, Any] = {}
+    get_batch_loss_metrics, cpo_loss = trainer.get_batch_loss_metrics, trainer.cpo_loss
+
+    def record_batch(model, batch, train_eval="train"):
+        seen["batch"] = batch
+        return get_batch_loss_metrics(model, batch, train_eval)
+
+    def record_loss(chosen, rejected):
+        losses, chosen_rewards, rejected_rewards = cpo_loss(chosen, rejected)
+        seen.update(chosen=chosen, rejected=rejected, losses=losses, weights=trainer._batch_weights)
+        return losses, chosen_rewards, rejected_rewards
+
+    trainer.get_batch_loss_metrics, trainer.cpo_loss = record_batch, record_loss
+    trainer.train()
+
+    batch = seen["batch"]
+    assert batch["weight"].dtype == torch.float32
+    by_prompt = dict(zip(PAIRS["prompt"], PAIRS["weight"], strict=True))
+    expected = [next(w for p, w in by_prompt.items() if p in text) for text in batch["prompt"]]
+    assert sorted(batch["weight"].tolist()) == sorted(PAIRS["weight"])
+    assert batch["weight"].tolist() == expected
+    assert seen["weights"] is batch["weight"]
+    assert torch.equal(seen["losses"], spa_simpo_loss(
+        seen["chosen"], seen["rejected"], batch["weight"], beta=training.beta,
+        gamma=training.gamma, reduction="none"))
+
+
+@pytest.mark.parametrize("loss", [
+    "spa", "simpo", pytest.param("dpo", marks=IGNORE_TRL_DPO_DEPRECATION), "sft",
+])
+def test_each_loss_trains_and_saves_a_loadable_checkpoint(tiny_model, pairs_path, tmp_path, loss):
+    from transformers import AutoTokenizer
+
+    logs: list[dict[str, Any]] = []
+    result = run(pairs_path, tiny_model, tmp_path / "out", spec(loss=loss), on_log=logs.append)
+
+    final = tmp_path / "out" / "checkpoint-final"
+    assert result.checkpoint_dir == str(final)
+    assert result.steps == 2
+    assert result.final_loss is not None and math.isfinite(result.final_loss)
+    assert [r["step"] for r in logs if "loss" in r] == [1, 2]
+    if loss != "sft":
+        assert "rewards/margins" in result.log_history[0]
+    if loss == "spa":
+        assert "weights/mean" in result.log_history[0]
+    assert (final / "model.safetensors").is_file()
+    out = tmp_path / "out"
+    leftovers = [p.name for p in out.iterdir() if p.name.startswith(("checkpoint", "."))]
+    assert leftovers == ["checkpoint-final"]  # no checkpoint-N, no partial save
+    before, after = state_dict(tiny_model), state_dict(str(final))
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    tokenizer = AutoTokenizer.from_pretrained(final, local_files_only=True)
+    assert tokenizer.chat_template
+
+
+def test_simpo_and_unit_weighted_spa_equal_trl_cpo_simpo(tiny_model, tmp_path, monkeypatch):
+    """Two steps of TRL's own CPOTrainer (SimPO) and of ours log the same losses."""
+    from transformers import TrainerCallback
+
+    from spa_core.models import load_causal_lm, load_tokenizer
+    from spa_core.training.trainer import _common_args
+    from trl.import_utils import TRLExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=TRLExperimentalWarning)
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    monkeypatch.setattr(CPOTrainer, "_send_telemetry", lambda self: None)  # offline tests
+    # Room for every completion: TRL does not cut completions to max_completion_length.
+    long = dict(max_length=128, max_completion_length=100)
+    training = spec(loss="simpo", **long)
+    weighted = write_pairs(tmp_path / "weighted.parquet")
+    unit = write_pairs(tmp_path / "unit.parquet", weight=[1.0] * 4)
+
+    recorded: list[dict[str, Any]] = []
+
+    class Record(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            recorded.append(dict(logs))
+
+    config = CPOConfig(**_common_args(training, str(tmp_path / "trl"), "cpu", None, save_steps=50),
+                       loss_type="simpo", cpo_alpha=0.0, beta=training.beta,
+                       simpo_gamma=training.gamma, max_length=training.max_length)
+    reference = CPOTrainer(
+        model=load_causal_lm(tiny_model, device="cpu"), args=config,
+        train_dataset=preference_dataset(load_pairs(weighted), with_weight=False),
+        processing_class=load_tokenizer(tiny_model), callbacks=[Record()],
+    )
+    reference.train()
+    expected = losses(recorded)
+    assert len(expected) == 2
+
+    simpo = run(weighted, tiny_model, tmp_path / "simpo", training)
+    spa = run(unit, tiny_model, tmp_path / "spa", spec(loss="spa", **long))
+    assert losses(simpo.log_history) == pytest.approx(expected, abs=1e-6)
+    assert losses(spa.log_history) == pytest.approx(expected, abs=1e-6)
+
+
+def test_weights_change_the_trained_model(tiny_model, pairs_path, tmp_path):
+    unit = write_pairs(tmp_path / "unit.parquet", weight=[1.0] * 4)
+    weighted = run(pairs_path, tiny_model, tmp_path / "weighted", spec())
+    plain = run(unit, tiny_model, tmp_path / "plain", spec())
+    assert losses(weighted.log_history) != pytest.approx(losses(plain.log_history), abs=1e-6)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_model, pairs_path, tmp_path):
+    out = tmp_path / "out"
+    training = spec(max_steps=2)
+
+    def die_at_step_2(record: dict[str, Any]) -> None:
+        if record["step"] == 2:  # logged before checkpoint-2 would be saved
+            raise Killed
+
+    with pytest.raises(Killed):
+        run(pairs_path, tiny_model, out, training, on_log=die_at_step_2, save_steps=1)
+    assert (out / "checkpoint-1" / "trainer_state.json").is_file()
+    assert not (out / "checkpoint-2").exists() and not (out / "checkpoint-final").exists()
+
+    logs: list[dict[str, Any]] = []
+    resumed = run(pairs_path, tiny_model, out, training, on_log=logs.append, save_steps=1)
+    assert [r["step"] for r in logs if "loss" in r] == [2]  # step 1 was not redone
+    assert resumed.steps == 2
+    assert [r["step"] for r in resumed.log_history if "loss" in r] == [1, 2]
+
+    straight = run(pairs_path, tiny_model, tmp_path / "straight", training)
+    assert losses(resumed.log_history) == pytest.approx(losses(straight.log_history), abs=1e-5)
+    a, b = state_dict(resumed.checkpoint_dir), state_dict(straight.checkpoint_dir)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+    # Done is done: the final checkpoint is returned without training again.
+    again: list[dict[str, Any]] = []
+    started = time.monotonic()
+    repeat = run(pairs_path, tiny_model, out, spec(max_steps=5), on_log=again.append)
+    assert again == [] and time.monotonic() - started < 5
+    assert (repeat.steps, repeat.final_loss, repeat.log_history) == (
+        resumed.steps, resumed.final_loss, resumed.log_history)
+
+
+def test_an_unfinished_final_save_is_not_taken_as_final(tiny_model, pairs_path, tmp_path):
+    out = tmp_path / "out"
+    (out / ".checkpoint-final.partial").mkdir(parents=True)
+    (out / ".checkpoint-final.partial" / "junk").write_text("half a save")
+    result = run(pairs_path, tiny_model, out, spec(max_steps=1))
+    assert result.steps == 1
+    assert not (out / ".checkpoint-final.partial").exists()
+    assert not (out / "checkpoint-final" / "junk").exists()
+
+
+def test_pairs_whose_prompt_fills_max_length_are_dropped(tiny_model, tmp_path, caplog):
+    long_prompt = " ".join(["lock weather letter"] * 40)
+    path = write_pairs(tmp_path / "p.parquet", prompt=[long_prompt] + PAIRS["prompt"][1:])
+    result = run(path, tiny_model, tmp_path / "out", spec(max_steps=1, max_length=48,
+                                                          max_completion_length=16))
+    assert math.isfinite(result.final_loss)
+    assert "dropped 1 of 4 pairs" in caplog.text
+
+
+@pytest.mark.slow
+def test_the_embedded_gguf_model_trains_and_saves_as_safetensors(tmp_path):
+    """GGUF weights are unpacked into a plain model the Trainer accepts and can save."""
+    from spa_core.models import EMBEDDED_GGUF, embedded_model_dir
+
+    result = run(write_pairs(tmp_path / "p.parquet"), str(embedded_model_dir()), tmp_path / "out",
+                 spec(max_steps=1, learning_rate=1e-6), gguf_file=EMBEDDED_GGUF)
+    assert math.isfinite(result.final_loss)
+    weights = state_dict(result.checkpoint_dir)
+    assert all(t.dtype == torch.float32 for t in weights.values())
+
+
+@pytest.mark.bench
+def test_bench_seconds_per_step_on_the_embedded_model(tmp_path, request):
+    """Seconds per optimizer step, batch 2, max_length 512, on the embedded 135M model."""
+    from spa_core.models import EMBEDDED_GGUF, embedded_model_dir
+
+    words = "the assistant explains carefully why it cannot help and what it can do instead "
+    path = write_pairs(tmp_path / "p.parquet", prompt=[words * 20] * 4,
+                       chosen=[words * 40] * 4, rejected=[(words * 40).upper()] * 4)
+    stamps: list[tuple[float, float]] = []
+
+    def stamp(record: dict[str, Any]) -> None:
+        if "loss" in record:
+            stamps.append((time.monotonic(), time.process_time()))
+
+    run(path, str(embedded_model_dir()), tmp_path / "out",
+        spec(max_steps=3, max_length=512, max_completion_length=256, learning_rate=1e-6),
+        gguf_file=EMBEDDED_GGUF, on_log=stamp)
+    steps = len(stamps) - 1
+    wall = (stamps[-1][0] - stamps[0][0]) / steps
+    cpu = (stamps[-1][1] - stamps[0][1]) / steps
+    print(f"\nembedded model, batch 2, max_length 512, {os.cpu_count()} CPUs: "
+          f"{wall:.1f} s/step wall, {cpu:.1f} CPU-s/step")
