@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR ?= $(SPA_CACHE)/cargo-target
 UV ?= uv
 RUN := $(UV) run --no-sync
 
-.PHONY: help setup run test test-fast test-rust bench lint clean
+.PHONY: help setup run test test-fast test-rust test-operator kube-testenv crds bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -19,15 +19,24 @@ setup: ## Install uv if needed, then every dependency, the embedded model and th
 run: setup ## Set up, then run the whole SPA loop on the embedded model (examples/local.yaml)
 	$(RUN) spa run examples/local.yaml
 
-test: setup ## Set up, then run every test suite (Rust and Python)
+test: setup kube-testenv ## Set up, then run every test suite (Rust, Python, operator on a real API server)
 	cd rust && cargo test --workspace --exclude spa-py --quiet
-	$(RUN) pytest
+	SPA_REQUIRE_KUBE=1 $(RUN) pytest
 
 test-fast: ## Python tests without the slow end-to-end and server tests
 	$(RUN) pytest -m "not slow and not server"
 
 test-rust: ## Rust unit and property tests of the pure crate
 	cd rust && cargo test --workspace --exclude spa-py
+
+test-operator: kube-testenv ## Operator tests against a real kube-apiserver + etcd
+	SPA_REQUIRE_KUBE=1 $(RUN) pytest tests/operator
+
+kube-testenv: ## Build and cache etcd + kube-apiserver for the operator tests (slow once)
+	scripts/kube-testenv.sh build
+
+crds: ## Regenerate operator/crds from the pydantic specs
+	PYTHONPATH=operator $(RUN) python -m spa_operator.crd --write operator/crds
 
 bench: setup ## Pair-selection benchmark: Rust vs NumPy vs pure Python
 	$(RUN) python -m spa_core.bench

@@ -165,7 +165,7 @@ class PromptsSpec(_Spec):
 class SamplingSpec(_Spec):
     """Diverse sampling (step 1)."""
 
-    n: Annotated[int, Field(ge=2, le=16)] = 3
+    num_samples: Annotated[int, Field(ge=2, le=16)] = 3
     """Candidate responses per prompt (paper: 3 or 5)."""
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
     """Sampling temperature (paper: 1.0)."""

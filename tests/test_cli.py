@@ -34,11 +34,11 @@ def spa(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
 
 
 def test_validate_prints_every_default(tmp_path: Path) -> None:
-    spec = write_spec(tmp_path / "run.yaml", sampling={"n": 5})
+    spec = write_spec(tmp_path / "run.yaml", sampling={"numSamples": 5})
     out = spa("validate", spec)
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    assert data["spec"]["sampling"]["n"] == 5
+    assert data["spec"]["sampling"]["numSamples"] == 5
     assert data["spec"]["denoising"] == {"rho": 30.0, "delta": 2.0}
 
 
@@ -77,7 +77,7 @@ def test_a_killed_stage_resumes_without_redoing_finished_shards(tmp_path: Path) 
     spec = write_spec(
         tmp_path / "run.yaml",
         prompts={"builtin": "harmlessness", "count": 8},
-        sampling={"n": 2, "maxTokens": 24},
+        sampling={"numSamples": 2, "maxTokens": 24},
         storage={"shardSize": 1},
         generator={"batchSize": 2},
     )

@@ -35,7 +35,7 @@ def test_defaults_follow_the_paper() -> None:
     s = run.spec
     assert s.model.name == EMBEDDED_MODEL
     assert (s.objectives.primary, s.objectives.secondary) == ("harmlessness", "helpfulness")
-    assert s.sampling.n == 3 and s.sampling.temperature == 1.0 and s.sampling.max_tokens == 2048
+    assert s.sampling.num_samples == 3 and s.sampling.temperature == 1.0 and s.sampling.max_tokens == 2048
     assert s.training.loss == "spa" and s.training.beta == 2.0 and s.training.gamma == 1.0
     assert s.variation_probability == 0.0
 
@@ -63,8 +63,8 @@ def test_constitution_definitions_can_be_overridden() -> None:
 @pytest.mark.parametrize(
     ("spec", "expected"),
     [
-        ({"sampling": {"n": 1}}, ["spec.sampling.n", ">= 2", "<= 16", "got 1"]),
-        ({"sampling": {"n": 17}}, ["spec.sampling.n", ">= 2", "<= 16"]),
+        ({"sampling": {"numSamples": 1}}, ["spec.sampling.numSamples", ">= 2", "<= 16", "got 1"]),
+        ({"sampling": {"numSamples": 17}}, ["spec.sampling.numSamples", ">= 2", "<= 16"]),
         ({"sampling": {"temperature": 3}}, ["spec.sampling.temperature", "<= 2.0"]),
         ({"denoising": {"rho": 0}}, ["spec.denoising.rho", "> 0.0"]),
         ({"denoising": {"delta": -1}}, ["spec.denoising.delta", ">= 0.0"]),
@@ -90,8 +90,8 @@ def test_invalid_spec_names_the_field_and_allowed_range(spec: dict, expected: li
 
 def test_every_error_is_reported_at_once() -> None:
     with pytest.raises(SpecError) as err:
-        parse_run(doc(sampling={"n": 0}, denoising={"rho": -1}))
-    assert "spec.sampling.n" in str(err.value) and "spec.denoising.rho" in str(err.value)
+        parse_run(doc(sampling={"numSamples": 0}, denoising={"rho": -1}))
+    assert "spec.sampling.numSamples" in str(err.value) and "spec.denoising.rho" in str(err.value)
 
 
 def test_wrong_kind_and_bad_name_are_rejected() -> None:

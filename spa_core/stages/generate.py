@@ -64,8 +64,8 @@ def _system_prompts(ctx: StageContext, prompt_ids: np.ndarray) -> tuple[list[str
     systems, varied = [], []
     for pid in prompt_ids:
         rng = np.random.default_rng([s.seed, ctx.iteration, int(pid)])
-        draws = rng.random(s.n)
-        for i in range(s.n):
+        draws = rng.random(s.num_samples)
+        for i in range(s.num_samples):
             swap = bool(draws[i] < p)
             varied.append(swap)
             systems.append(s.variation_system_prompt if swap else s.system_prompt)
@@ -81,23 +81,23 @@ def run_sample(ctx: StageContext) -> dict:
     if not manifest.complete:
         shards = _shards(ctx)
         todo = [(name, t) for name, t in shards if not manifest.is_done(name)]
-        with ctx.progress("sample", sum(t.num_rows * s.n for _, t in todo)) as advance:
+        with ctx.progress("sample", sum(t.num_rows * s.num_samples for _, t in todo)) as advance:
             for name, table in todo:
                 ids = table.column("prompt_id").to_numpy()
                 texts = table.column("prompt").to_pylist()
                 systems, varied = _system_prompts(ctx, ids)
                 requests = [
                     ChatRequest(
-                        messages=sample_messages(texts[j // s.n], systems[j]),
+                        messages=sample_messages(texts[j // s.num_samples], systems[j]),
                         temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens,
-                        seed=s.seed + ctx.iteration * 1_000_003 + int(ids[j // s.n]) * s.n + j % s.n,
+                        seed=s.seed + ctx.iteration * 1_000_003 + int(ids[j // s.num_samples]) * s.num_samples + j % s.num_samples,
                     )
-                    for j in range(len(ids) * s.n)
+                    for j in range(len(ids) * s.num_samples)
                 ]
                 results = ctx.backend().generate(requests, on_done=advance)
                 out = pa.table({
-                    "prompt_id": pa.array(np.repeat(ids, s.n), pa.int64()),
-                    "response_id": pa.array(np.tile(np.arange(s.n), len(ids)), pa.int64()),
+                    "prompt_id": pa.array(np.repeat(ids, s.num_samples), pa.int64()),
+                    "response_id": pa.array(np.tile(np.arange(s.num_samples), len(ids)), pa.int64()),
                     "system_prompt": pa.array(systems, pa.string()),
                     "system_varied": pa.array(varied, pa.bool_()),
                     "response": pa.array([r.text for r in results], pa.string()),
@@ -216,7 +216,7 @@ def run_refine(ctx: StageContext) -> dict:
                 a, b, status, raw = judge(ctx, [prompts[p] for p in ids], texts)
                 out = pa.table({
                     "prompt_id": pa.array(ids, pa.int64()),
-                    "response_id": pa.array(np.full(len(ids), s.n), pa.int64()),
+                    "response_id": pa.array(np.full(len(ids), s.num_samples), pa.int64()),
                     "is_refined": pa.array(np.ones(len(ids), bool)),
                     "response": pa.array(texts, pa.string()),
                     "score_a": pa.array(a, pa.float64()),

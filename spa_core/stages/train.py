@@ -36,7 +36,7 @@ def run_train(ctx: StageContext) -> dict:
     if not pair_stats.get("pairs"):
         raise NoPairs(
             f"denoising kept no pair in {ctx.dir.url('pairs')} "
-            f"({pair_stats}); use more prompts, a larger sampling.n, a larger "
+            f"({pair_stats}); use more prompts, a larger sampling.numSamples, a larger "
             "denoising.rho or a smaller denoising.delta"
         )
     model_path, gguf_file = resolve_model(spec.model, policy)

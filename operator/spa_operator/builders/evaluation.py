@@ -1,0 +1,50 @@
+"""The evaluation Job: `spa evaluate`, before vs after training, with models in-process."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spa_core.spec import RunSpec
+from spa_operator import names
+from spa_operator.builders.common import (
+    Owner,
+    container_defaults,
+    pod_placement,
+    shm_volume,
+    storage,
+)
+from spa_operator.builders.jobs import build_job, spec_path, spec_volume, stage_args, stage_env
+from spa_operator.builders.spec_config_map import TRAINER_SPEC_KEY
+from spa_operator.config import OperatorConfig
+
+__all__ = ["COMPONENT", "build_evaluation_job"]
+
+COMPONENT = "evaluation"
+
+
+def build_evaluation_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
+                         iteration: int) -> dict[str, Any]:
+    """Job `<run>-eval-<i>`: one pod (one GPU when training used GPUs)."""
+    st = storage(owner, spec, config)
+    spec_vol, spec_mount = spec_volume(owner, config)
+    shm, shm_mount = shm_volume(config)
+    resources: dict[str, Any] = {}
+    if spec.training.gpus_per_node > 0:
+        resources = {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}
+    container = {
+        "name": "evaluate",
+        "image": config.trainer_image,
+        **container_defaults(config),
+        "args": stage_args("evaluate", spec_path(config, TRAINER_SPEC_KEY), st, iteration),
+        "env": stage_env(spec),
+        "envFrom": st.env_from,
+        "resources": resources,
+        "volumeMounts": [spec_mount, shm_mount, *st.mounts],
+    }
+    pod_spec = {
+        **pod_placement(spec, spec.scheduling.evaluation),
+        "containers": [container],
+        "volumes": [spec_vol, shm, *st.volumes],
+    }
+    return build_job(owner, spec, names.evaluation_job(owner.name, iteration), COMPONENT,
+                     iteration, pod_spec)

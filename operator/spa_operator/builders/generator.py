@@ -1,0 +1,188 @@
+"""The generator: vLLM's OpenAI-compatible server (a Deployment) and its Service.
+
+One Deployment per iteration (`<run>-generator-<i>`, serving that iteration's policy) behind
+one stable Service (`<run>-generator`), so the pipeline's spec never changes between
+iterations. The operator deletes the Deployment once sampling and scoring are done
+(`generator.scaleDownAfterUse`) to free the GPUs for training.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+from spa_core.spec import EMBEDDED_MODEL, RunSpec
+from spa_core.stages.context import CHECKPOINT, iteration_dir
+from spa_operator import names
+from spa_operator.builders.common import (
+    HF_TOKEN_ENV,
+    Owner,
+    Storage,
+    child_metadata,
+    container_defaults,
+    pod_labels,
+    pod_placement,
+    secret_env,
+    selector_labels,
+    shm_volume,
+    storage,
+)
+from spa_operator.builders.spec_config_map import served_model_name
+from spa_operator.config import OperatorConfig
+from spa_operator.errors import ClusterSpecError
+
+__all__ = ["COMPONENT", "build_generator_deployment", "build_generator_service", "policy_location"]
+
+COMPONENT = "generator"
+#: vLLM reads its API key from this variable (same as `--api-key`).
+VLLM_API_KEY_ENV = "VLLM_API_KEY"
+_FETCH_SCRIPT = (
+    "import sys; from spa_core.rundir import RunDir; d = RunDir(sys.argv[1]); "
+    "d.fs.get(d.path(sys.argv[2]).rstrip('/') + '/', sys.argv[3].rstrip('/') + '/', "
+    "recursive=True)"
+)
+
+
+def policy_location(owner: Owner, spec: RunSpec, config: OperatorConfig,
+                    iteration: int) -> tuple[str, str | None]:
+    """(model vLLM loads, run-relative checkpoint to fetch first or None) for `iteration`.
+
+    Iteration 0 serves `model.name`; iteration i serves the checkpoint iteration i-1 trained.
+    """
+    st = storage(owner, spec, config)
+    if iteration > 0:
+        rel = f"{iteration_dir(iteration - 1)}/{CHECKPOINT}"
+        if st.is_volume:
+            return posixpath.join(st.run_dir, rel), None
+        return posixpath.join(config.model_mount, rel), rel
+    model = spec.model
+    if model.name == EMBEDDED_MODEL:
+        raise ClusterSpecError("model.name", f"{EMBEDDED_MODEL} runs only with `spa run`; in a "
+                               "cluster use a Hugging Face model id or a path on storage.pvc")
+    if model.gguf_file:
+        raise ClusterSpecError("model.ggufFile", "GGUF files are for local runs; give vLLM a "
+                               "Hugging Face model id or a safetensors directory")
+    if model.name.startswith("/") and not (
+            st.is_volume and model.name.startswith(config.storage_mount.rstrip("/") + "/")):
+        raise ClusterSpecError("model.name", f"{model.name!r} is a path, but only paths under "
+                               f"{config.storage_mount} (storage.pvc's mount) exist in the pods")
+    return model.name, None
+
+
+def _vllm_args(spec: RunSpec, model: str, config: OperatorConfig, iteration: int) -> list[str]:
+    gen = spec.generator
+    args = [
+        "--model", model,
+        "--served-model-name", served_model_name(spec),
+        "--tensor-parallel-size", str(gen.tensor_parallel_size),
+        "--host", "0.0.0.0",
+        "--port", str(config.vllm_port),
+    ]
+    if gen.max_model_len is not None:
+        args += ["--max-model-len", str(gen.max_model_len)]
+    if iteration == 0 and spec.model.revision:
+        args += ["--revision", spec.model.revision]
+    return [*args, "--dtype", spec.model.dtype]
+
+
+def _health_probe(period: int, failures: int) -> dict[str, Any]:
+    """An HTTP probe on vLLM's /health (200 once the engine is up)."""
+    return {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": period,
+            "failureThreshold": failures}
+
+
+def _gpu_resources(gpus: int) -> dict[str, Any]:
+    if gpus <= 0:
+        return {}
+    return {"limits": {"nvidia.com/gpu": str(gpus)}, "requests": {"nvidia.com/gpu": str(gpus)}}
+
+
+def _fetch_container(st: Storage, rel: str, config: OperatorConfig) -> dict[str, Any]:
+    """Init container copying a trained checkpoint from object storage to the model volume."""
+    return {
+        "name": "fetch-model",
+        "image": config.worker_image,
+        **container_defaults(config),
+        "command": ["python", "-c", _FETCH_SCRIPT, st.run_dir, rel,
+                    posixpath.join(config.model_mount, rel)],
+        "envFrom": st.env_from,
+        "volumeMounts": [{"name": "model", "mountPath": config.model_mount}],
+    }
+
+
+def build_generator_deployment(owner: Owner, spec: RunSpec, config: OperatorConfig,
+                               iteration: int) -> dict[str, Any]:
+    """Deployment `<run>-generator-<i>`: vLLM serving iteration `iteration`'s policy."""
+    gen = spec.generator
+    st = storage(owner, spec, config)
+    model, fetch = policy_location(owner, spec, config, iteration)
+    shm, shm_mount = shm_volume(config)
+    volumes = [shm]
+    mounts = [shm_mount]
+    init_containers = []
+    if st.is_volume:
+        volumes += st.volumes
+        mounts += st.read_only_mounts()
+    if fetch is not None:
+        volumes.append({"name": "model", "emptyDir": {}})
+        mounts.append({"name": "model", "mountPath": config.model_mount, "readOnly": True})
+        init_containers.append(_fetch_container(st, fetch, config))
+    env = [*secret_env(HF_TOKEN_ENV, spec.model.token_secret_ref),
+           *secret_env(VLLM_API_KEY_ENV, gen.api_key_secret_ref)]
+    container = {
+        "name": "vllm",
+        "image": gen.image or config.vllm_image,
+        **container_defaults(config),
+        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "args": _vllm_args(spec, model, config, iteration),
+        "env": env,
+        "ports": [{"name": "http", "containerPort": config.vllm_port, "protocol": "TCP"}],
+        # Loading weights can take many minutes: the startup probe allows an hour, then
+        # readiness gates the Service and liveness restarts a wedged server.
+        "startupProbe": _health_probe(period=10, failures=360),
+        "readinessProbe": _health_probe(period=5, failures=3),
+        "livenessProbe": _health_probe(period=30, failures=5),
+        "resources": _gpu_resources(gen.gpus),
+        "volumeMounts": mounts,
+    }
+    pod_spec: dict[str, Any] = {
+        **pod_placement(spec, spec.scheduling.generator),
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if init_containers:
+        pod_spec["initContainers"] = init_containers
+    name = names.generator_deployment(owner.name, iteration)
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": child_metadata(owner, name, COMPONENT, iteration, spec, workload=True),
+        "spec": {
+            "replicas": gen.replicas,
+            # GPUs are scarce: never run old and new pods side by side.
+            "strategy": {"type": "Recreate"},
+            "selector": {"matchLabels": selector_labels(owner, COMPONENT, iteration)},
+            "template": {
+                "metadata": {"labels": pod_labels(owner, COMPONENT, iteration)},
+                "spec": pod_spec,
+            },
+        },
+    }
+    return json.loads(json.dumps(deployment))
+
+
+def build_generator_service(owner: Owner, spec: RunSpec, config: OperatorConfig) -> dict[str, Any]:
+    """Service `<run>-generator`: the OpenAI API of whichever iteration's generator is up."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(owner, names.generator_service(owner.name), COMPONENT, None,
+                                   spec),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(owner, COMPONENT),
+            "ports": [{"name": "http", "port": config.vllm_port, "targetPort": "http",
+                       "protocol": "TCP"}],
+        },
+    }

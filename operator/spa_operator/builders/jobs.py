@@ -1,0 +1,66 @@
+"""Pieces shared by the run's Jobs: the stage command, the spec volume, the Job shell."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+from spa_core.spec import RunSpec
+from spa_operator import names
+from spa_operator.builders.common import (
+    HF_TOKEN_ENV,
+    Owner,
+    Storage,
+    child_metadata,
+    job_spec_limits,
+    pod_labels,
+    secret_env,
+)
+from spa_operator.config import OperatorConfig
+
+__all__ = ["build_job", "spec_volume", "stage_args", "stage_env"]
+
+
+def stage_args(stage: str, spec_file: str, st: Storage, iteration: int) -> list[str]:
+    """`spa <stage> SPEC --run-dir DIR --iteration N`, the command every executor runs."""
+    return ["spa", stage, spec_file, "--run-dir", st.run_dir, "--iteration", str(iteration)]
+
+
+def spec_volume(owner: Owner, config: OperatorConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The run's spec ConfigMap as a read-only volume at `config.spec_mount`."""
+    return (
+        {"name": "spec", "configMap": {"name": names.spec_config_map(owner.name)}},
+        {"name": "spec", "mountPath": config.spec_mount, "readOnly": True},
+    )
+
+
+def spec_path(config: OperatorConfig, key: str) -> str:
+    return posixpath.join(config.spec_mount, key)
+
+
+def stage_env(spec: RunSpec) -> list[dict[str, Any]]:
+    """Environment of every stage container: Hub token (gated models and datasets)."""
+    return [
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        *secret_env(HF_TOKEN_ENV, spec.model.token_secret_ref),
+    ]
+
+
+def build_job(owner: Owner, spec: RunSpec, name: str, component: str, iteration: int,
+              pod_spec: dict[str, Any], **job_fields: Any) -> dict[str, Any]:
+    """A batch/v1 Job owned by the run, with the run's retry, deadline and TTL settings."""
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": child_metadata(owner, name, component, iteration, spec, workload=True),
+        "spec": {
+            **job_spec_limits(spec),
+            **job_fields,
+            "template": {
+                "metadata": {"labels": pod_labels(owner, component, iteration)},
+                "spec": {"restartPolicy": "Never", **pod_spec},
+            },
+        },
+    }
+    return json.loads(json.dumps(job))  # no sub-object shared between containers

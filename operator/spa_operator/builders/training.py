@@ -1,0 +1,182 @@
+"""Training: an Indexed Job (one pod per node) and a headless Service, torchrun-wired.
+
+The wiring follows Kubeflow's trainer: torchrun reads its options from PET_* variables
+(PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK from the pod's completion index,
+PET_MASTER_ADDR = `<job>-0.<service>`, PET_MASTER_PORT), and every node runs
+`spa train` under it. The FSDP / DeepSpeed configuration comes from a ConfigMap.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from typing import Any
+
+import yaml
+
+from spa_core.spec import RunSpec
+from spa_operator import names
+from spa_operator.builders.common import (
+    Owner,
+    child_metadata,
+    container_defaults,
+    pod_placement,
+    selector_labels,
+    shm_volume,
+    storage,
+)
+from spa_operator.builders.jobs import build_job, spec_path, spec_volume, stage_args, stage_env
+from spa_operator.builders.spec_config_map import TRAINER_SPEC_KEY
+from spa_operator.config import OperatorConfig
+
+__all__ = [
+    "COMPLETION_INDEX_ANNOTATION",
+    "COMPONENT",
+    "DISTRIBUTED_CONFIG_ENV",
+    "build_training_config_map",
+    "build_training_job",
+    "build_training_service",
+]
+
+COMPONENT = "training"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+#: Tells the trainer which file holds the FSDP / DeepSpeed configuration.
+DISTRIBUTED_CONFIG_ENV = "SPA_DISTRIBUTED_CONFIG"
+_CONFIG_FILES = {"fsdp": "fsdp.yaml", "deepspeed": "deepspeed.json"}
+
+
+def _fsdp_config() -> dict[str, Any]:
+    """accelerate's FSDP settings: full sharding, transformer-block wrapping, sharded state."""
+    return {
+        "distributed_type": "FSDP",
+        "fsdp_config": {
+            "fsdp_version": 2,
+            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "fsdp_cpu_ram_efficient_loading": True,
+            "fsdp_offload_params": False,
+            "fsdp_reshard_after_forward": True,
+            "fsdp_state_dict_type": "SHARDED_STATE_DICT",
+            "fsdp_activation_checkpointing": False,
+        },
+        "mixed_precision": "bf16",
+    }
+
+
+def _deepspeed_config() -> dict[str, Any]:
+    """DeepSpeed ZeRO-3 with bf16; batch sizes follow the Trainer's (`auto`)."""
+    return {
+        "bf16": {"enabled": "auto"},
+        "zero_optimization": {
+            "stage": 3,
+            "overlap_comm": True,
+            "contiguous_gradients": True,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+    }
+
+
+def build_training_config_map(owner: Owner, spec: RunSpec,
+                              config: OperatorConfig) -> dict[str, Any]:
+    """ConfigMap `<run>-accelerate` with the sharding configuration the spec asks for."""
+    strategy = spec.training.strategy
+    content = yaml.safe_dump(_fsdp_config(), sort_keys=False) if strategy == "fsdp" \
+        else json.dumps(_deepspeed_config(), indent=2) + "\n"
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": child_metadata(owner, names.training_config_map(owner.name), COMPONENT,
+                                   None, spec),
+        "data": {_CONFIG_FILES[strategy]: content},
+    }
+
+
+def build_training_service(owner: Owner, spec: RunSpec, config: OperatorConfig,
+                           iteration: int) -> dict[str, Any]:
+    """Headless Service `<run>-train-<i>`: DNS names `<job>-<index>.<service>` for the pods."""
+    name = names.training_service(owner.name, iteration)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": child_metadata(owner, name, COMPONENT, iteration, spec),
+        "spec": {
+            "clusterIP": "None",
+            # Rendezvous happens before any pod is ready.
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(owner, COMPONENT, iteration),
+            "ports": [{"name": "rendezvous", "port": config.master_port,
+                       "targetPort": config.master_port, "protocol": "TCP"}],
+        },
+    }
+
+
+def torchrun_env(owner: Owner, spec: RunSpec, config: OperatorConfig,
+                 iteration: int) -> list[dict[str, Any]]:
+    """PET_* variables, as Kubeflow's trainer sets them for torchrun."""
+    job = names.training_job(owner.name, iteration)
+    service = names.training_service(owner.name, iteration)
+    tr = spec.training
+    return [
+        {"name": "PET_NNODES", "value": str(tr.nodes)},
+        {"name": "PET_NPROC_PER_NODE", "value": str(max(tr.gpus_per_node, 1))},
+        {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
+            "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}},
+        {"name": "PET_MASTER_ADDR", "value": f"{job}-0.{service}"},
+        {"name": "PET_MASTER_PORT", "value": str(config.master_port)},
+    ]
+
+
+def build_training_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
+                       iteration: int) -> dict[str, Any]:
+    """Indexed Job `<run>-train-<i>`: `training.nodes` pods running `torchrun ... spa train`."""
+    tr = spec.training
+    st = storage(owner, spec, config)
+    spec_vol, spec_mount = spec_volume(owner, config)
+    shm, shm_mount = shm_volume(config)
+    dist_file = posixpath.join(config.distributed_mount, _CONFIG_FILES[tr.strategy])
+    resources: dict[str, Any] = {}
+    if tr.gpus_per_node > 0:
+        gpus = str(tr.gpus_per_node)
+        resources = {"limits": {"nvidia.com/gpu": gpus}, "requests": {"nvidia.com/gpu": gpus}}
+    container = {
+        "name": "trainer",
+        "image": config.trainer_image,
+        **container_defaults(config),
+        # torchrun takes every option from the PET_* environment; --no-python runs `spa`.
+        "command": ["torchrun", "--no-python"],
+        "args": stage_args("train", spec_path(config, TRAINER_SPEC_KEY), st, iteration),
+        "env": [
+            *stage_env(spec),
+            *torchrun_env(owner, spec, config, iteration),
+            {"name": DISTRIBUTED_CONFIG_ENV, "value": dist_file},
+        ],
+        "envFrom": st.env_from,
+        "ports": [{"name": "rendezvous", "containerPort": config.master_port, "protocol": "TCP"}],
+        "resources": resources,
+        "volumeMounts": [
+            spec_mount,
+            shm_mount,
+            {"name": "distributed", "mountPath": config.distributed_mount, "readOnly": True},
+            *st.mounts,
+        ],
+    }
+    pod_spec = {
+        **pod_placement(spec, spec.scheduling.training),
+        # Pod hostname `<job>-<index>` under the headless Service: stable rendezvous address.
+        "subdomain": names.training_service(owner.name, iteration),
+        "containers": [container],
+        "volumes": [
+            spec_vol,
+            shm,
+            {"name": "distributed",
+             "configMap": {"name": names.training_config_map(owner.name)}},
+            *st.volumes,
+        ],
+    }
+    return build_job(
+        owner, spec, names.training_job(owner.name, iteration), COMPONENT, iteration, pod_spec,
+        completionMode="Indexed", completions=tr.nodes, parallelism=tr.nodes,
+    )

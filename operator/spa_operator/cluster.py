@@ -1,0 +1,73 @@
+"""The few API calls the reconciler makes: list children, create-if-absent, delete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from spa_operator.builders.common import RUN_LABEL
+from spa_operator.plan import Children
+
+__all__ = ["Cluster"]
+
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+class Cluster:
+    """Typed clients of one API server, speaking in plain dicts."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.api = api_client
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
+
+    def _dict(self, obj: Any) -> dict[str, Any]:
+        return self.api.sanitize_for_serialization(obj)
+
+    def children(self, namespace: str, run: str) -> Children:
+        selector = f"{RUN_LABEL}={run}"
+        deployments = self.apps.list_namespaced_deployment(namespace, label_selector=selector)
+        jobs = self.batch.list_namespaced_job(namespace, label_selector=selector)
+        return Children(
+            deployments={d.metadata.name: self._dict(d) for d in deployments.items},
+            jobs={j.metadata.name: self._dict(j) for j in jobs.items},
+        )
+
+    def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={job}")
+        return [self._dict(p) for p in pods.items]
+
+    def create_if_absent(self, obj: dict[str, Any]) -> bool:
+        """Create `obj`; False when it already exists (children are never updated in place)."""
+        namespace = obj["metadata"]["namespace"]
+        create = {
+            "ConfigMap": self.core.create_namespaced_config_map,
+            "Service": self.core.create_namespaced_service,
+            "Deployment": self.apps.create_namespaced_deployment,
+            "Job": self.batch.create_namespaced_job,
+        }[obj["kind"]]
+        try:
+            create(namespace, obj)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
+
+    def delete(self, namespace: str, kind: str, name: str) -> bool:
+        """Delete a child and (in the background) its pods; False when already gone."""
+        delete = {
+            "Deployment": self.apps.delete_namespaced_deployment,
+            "Job": self.batch.delete_namespaced_job,
+            "Service": self.core.delete_namespaced_service,
+        }[kind]
+        try:
+            delete(name, namespace, propagation_policy="Background")
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True

@@ -1,0 +1,58 @@
+"""The operator's own settings (images, ports, mount paths), from its environment.
+
+The chart sets these as environment variables of the operator Deployment; defaults suit a
+cluster with the project's published images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = ["OperatorConfig"]
+
+_ENV_PREFIX = "SPA_OPERATOR_"
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Defaults the builders use where a run's spec says nothing."""
+
+    worker_image: str = "ghcr.io/spa-dev/spa-worker:latest"
+    """Image with spa_core (no torch): the pipeline Job."""
+    trainer_image: str = "ghcr.io/spa-dev/spa-trainer:latest"
+    """Image with spa_core, torch, transformers and TRL: training and evaluation."""
+    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    """vLLM's OpenAI-compatible server, unless `generator.image` is set."""
+    image_pull_policy: str = "IfNotPresent"
+    """imagePullPolicy of every container."""
+    vllm_port: int = 8000
+    """Port of the vLLM server and its Service."""
+    master_port: int = 29500
+    """torchrun rendezvous port on training node 0."""
+    storage_mount: str = "/spa/storage"
+    """Where `storage.pvc` is mounted in every pod."""
+    spec_mount: str = "/spa/spec"
+    """Where the run's spec ConfigMap is mounted."""
+    model_mount: str = "/spa/model"
+    """Where a generator fetches a trained checkpoint from object storage."""
+    distributed_mount: str = "/spa/distributed"
+    """Where the FSDP / DeepSpeed configuration is mounted in training pods."""
+    shm_size: str = "16Gi"
+    """Size limit of /dev/shm (an in-memory emptyDir) for vLLM and training pods."""
+    pipeline_cpu: str = "1"
+    """CPU request of the pipeline pod."""
+    pipeline_memory: str = "4Gi"
+    """Memory request (and limit) of the pipeline pod."""
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> OperatorConfig:
+        """Read `SPA_OPERATOR_<FIELD>` variables (e.g. SPA_OPERATOR_WORKER_IMAGE)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(_ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                values[f.name] = int(raw) if f.type in ("int", int) else raw
+        return cls(**values)

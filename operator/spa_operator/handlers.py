@@ -1,0 +1,67 @@
+"""What the kopf handlers do: settings, and mapping one reconciliation onto kopf's semantics."""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import cache
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from spa_operator.cluster import Cluster
+from spa_operator.config import OperatorConfig
+from spa_operator.reconcile_run import InvalidRun, RunObject, reconcile_run
+
+__all__ = ["configure_operator", "login", "reconcile_handler"]
+
+_PREFIX = "alignment.spa.dev"
+
+
+def configure_operator(settings: kopf.OperatorSettings, **_: Any) -> None:
+    """Keep kopf's bookkeeping in annotations, never in spec or our status schema."""
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=_PREFIX, key="last-handled-configuration")
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+
+
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, the service account; elsewhere $KUBECONFIG (read now, not at import time)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@cache
+def _cluster() -> Cluster:
+    try:
+        config.load_incluster_config()
+        return Cluster(client.ApiClient())
+    except config.ConfigException:
+        return Cluster(config.new_client_from_config(config_file=os.environ.get("KUBECONFIG")))
+
+
+@cache
+def _config() -> OperatorConfig:
+    return OperatorConfig.from_env()
+
+
+def reconcile_handler(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
+                      **_: Any) -> None:
+    """One reconciliation; status goes into kopf's patch, errors into kopf's error kinds."""
+    meta = body["metadata"]
+    run = RunObject(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"],
+                    generation=meta.get("generation", 1), spec=dict(body.get("spec") or {}),
+                    status=dict(body.get("status") or {}))
+
+    def post_event(kind: str, reason: str, message: str) -> None:
+        kopf.event(body, type=kind, reason=reason, message=message[:1024])
+
+    try:
+        status = reconcile_run(run, _cluster(), _config(), post_event)
+    except InvalidRun as exc:
+        patch.status.update(exc.status)
+        raise kopf.PermanentError(str(exc)) from None
+    if status:
+        patch.status.update(status)

@@ -1,0 +1,35 @@
+"""The operator's entry point: registers kopf handlers, nothing else.
+
+    kopf run -m spa_operator.main --all-namespaces
+
+Reconciliation lives in reconcile_run (one pass: observe, close the gap, report) and plan
+(pure). A timer re-runs it, so progress never depends on catching a particular event.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import kopf
+
+from spa_operator import crd
+from spa_operator.handlers import configure_operator, login, reconcile_handler
+
+RUN = {"group": "alignment.spa.dev", "version": crd.VERSION, "plural": crd.RUN_PLURAL}
+INTERVAL = float(os.environ.get("SPA_OPERATOR_RECONCILE_SECONDS", "10"))
+
+kopf.on.startup()(configure_operator)
+kopf.on.login()(login)
+
+
+@kopf.on.resume(**RUN, id="resume")
+@kopf.on.create(**RUN, id="create")
+@kopf.on.update(**RUN, id="update")
+def on_change(**kwargs: Any) -> None:
+    reconcile_handler(**kwargs)
+
+
+@kopf.timer(**RUN, interval=INTERVAL, id="reconcile")
+def on_timer(**kwargs: Any) -> None:
+    reconcile_handler(**kwargs)

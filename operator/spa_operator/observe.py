@@ -1,0 +1,85 @@
+"""Reading children's state from what the API server returns (pure functions over dicts)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["JobState", "deployment_available", "job_state", "pipeline_counts", "pod_failure"]
+
+JobPhase = Literal["Absent", "Running", "Succeeded", "Failed"]
+
+
+@dataclass(frozen=True)
+class JobState:
+    """Where a Job stands, and why when it failed."""
+
+    phase: JobPhase
+    reason: str = ""
+    message: str = ""
+
+
+def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def job_state(job: dict[str, Any] | None) -> JobState:
+    """Absent, Running, Succeeded or Failed (only the Job controller's final conditions count)."""
+    if job is None:
+        return JobState("Absent")
+    if _condition(job, "Complete"):
+        return JobState("Succeeded")
+    if failed := _condition(job, "Failed"):
+        return JobState("Failed", failed.get("reason") or "Failed", failed.get("message") or "")
+    return JobState("Running")
+
+
+def deployment_available(deployment: dict[str, Any] | None) -> bool:
+    """Whether every replica of the current template is ready (vLLM answered /health)."""
+    if deployment is None:
+        return False
+    status = deployment.get("status") or {}
+    meta = deployment.get("metadata") or {}
+    if status.get("observedGeneration", 0) < meta.get("generation", 1):
+        return False
+    wanted = (deployment.get("spec") or {}).get("replicas", 1)
+    return (status.get("availableReplicas") or 0) >= wanted \
+        and (status.get("updatedReplicas") or 0) >= wanted
+
+
+def pod_failure(pods: list[dict[str, Any]]) -> str:
+    """The termination message of the first failed container of the most recent failed pod."""
+    failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
+    failed.sort(key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
+    for pod in reversed(failed):
+        status = pod["status"]
+        for cs in (status.get("initContainerStatuses") or []) + \
+                (status.get("containerStatuses") or []):
+            term = (cs.get("state") or {}).get("terminated") or {}
+            if term.get("exitCode", 0) != 0:
+                message = (term.get("message") or "").strip()
+                detail = f": {message}" if message else ""
+                return f"container {cs.get('name')} exited with {term.get('exitCode')}{detail}"
+    return ""
+
+
+def pipeline_counts(pods: list[dict[str, Any]], container: str) -> dict[str, int]:
+    """Counts (prompts, samples, kept, pairs) a stage left as JSON in its termination message."""
+    for pod in pods:
+        status = pod.get("status") or {}
+        for cs in status.get("containerStatuses") or []:
+            if cs.get("name") != container:
+                continue
+            term = (cs.get("state") or {}).get("terminated") or {}
+            try:
+                data = json.loads(term.get("message") or "")
+            except ValueError:
+                continue
+            if isinstance(data, dict):
+                return {k: int(v) for k, v in data.items()
+                        if k in {"prompts", "samples", "kept", "pairs"} and isinstance(v, int)}
+    return {}

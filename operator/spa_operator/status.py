@@ -1,0 +1,120 @@
+"""The status the operator writes on its custom resources (the CRDs' status schemas).
+
+Pydantic models like the specs, so the status schema in the CRD is generated too and the
+handlers write status through these models rather than hand-built dicts.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "Artifacts",
+    "Condition",
+    "Counts",
+    "RunPhase",
+    "RunStage",
+    "RunStatus",
+    "ScheduleStatus",
+]
+
+RunPhase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+RunStage = Literal["Generator", "Pipeline", "Training", "Evaluation", "Done"]
+
+
+class _Status(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="ignore",
+        use_attribute_docstrings=True,
+    )
+
+
+class Condition(_Status):
+    """A metav1.Condition: the latest observation of one aspect of the object."""
+
+    type: Annotated[str, Field(min_length=1, max_length=316)]
+    """Condition type: Ready, Suspended, Failed, GeneratorReady, ..."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds."""
+    reason: Annotated[str, Field(min_length=1, max_length=1024)]
+    """CamelCase reason of the last transition."""
+    message: Annotated[str, Field(max_length=32768)] = ""
+    """Human-readable details."""
+    last_transition_time: datetime
+    """When the status last changed."""
+    observed_generation: Annotated[int | None, Field(ge=0)] = None
+    """The .metadata.generation the condition was set for."""
+
+
+class Counts(_Status):
+    """What the pipeline produced in the current iteration."""
+
+    prompts: Annotated[int | None, Field(ge=0)] = None
+    """Prompts drawn."""
+    samples: Annotated[int | None, Field(ge=0)] = None
+    """Sampled responses."""
+    kept: Annotated[int | None, Field(ge=0)] = None
+    """Prompt groups kept by dual-criterion denoising."""
+    pairs: Annotated[int | None, Field(ge=0)] = None
+    """Preference pairs."""
+
+
+class Artifacts(_Status):
+    """Where the run's outputs are."""
+
+    run_dir: Annotated[str | None, Field(max_length=4096)] = None
+    """Run directory (path on the run's volume, or an fsspec URI)."""
+    pairs: Annotated[str | None, Field(max_length=4096)] = None
+    """Pairs Parquet of the latest finished iteration."""
+    model: Annotated[str | None, Field(max_length=4096)] = None
+    """Checkpoint trained by the latest finished iteration."""
+
+
+class RunStatus(_Status):
+    """Progress of an SPAAlignmentRun."""
+
+    observed_generation: Annotated[int | None, Field(ge=0)] = None
+    """The .metadata.generation the operator last acted on."""
+    phase: RunPhase | None = None
+    """Pending, Running, Suspended, Succeeded or Failed."""
+    stage: RunStage | None = None
+    """Stage of the current iteration."""
+    iteration: Annotated[int | None, Field(ge=0)] = None
+    """Current iteration (0-based)."""
+    conditions: Annotated[list[Condition], Field(max_length=32)] = []
+    """Latest observations (type Ready is the summary)."""
+    counts: Counts | None = None
+    """Counts from the current iteration's pipeline."""
+    artifacts: Artifacts | None = None
+    """Artifact locations."""
+    start_time: datetime | None = None
+    """When the run started; from then on the spec is immutable except `suspend`."""
+    completion_time: datetime | None = None
+    """When the run succeeded or failed."""
+    message: Annotated[str | None, Field(max_length=32768)] = None
+    """Why the run is in its phase (failures name the child and its termination message)."""
+
+
+class ScheduleStatus(_Status):
+    """Progress of an SPAAlignmentSchedule."""
+
+    observed_generation: Annotated[int | None, Field(ge=0)] = None
+    """The .metadata.generation the operator last acted on."""
+    active: Annotated[list[str], Field(max_length=1000)] = []
+    """Names of the schedule's runs that have not finished."""
+    last_schedule_time: datetime | None = None
+    """When a run was last created."""
+    last_successful_time: datetime | None = None
+    """When a run of the schedule last succeeded."""
+    last_successful_run: Annotated[str | None, Field(max_length=253)] = None
+    """Name of the last run that succeeded."""
+    last_model: Annotated[str | None, Field(max_length=4096)] = None
+    """Model trained by the last successful run; the next run starts from it (`chain`)."""
+    conditions: Annotated[list[Condition], Field(max_length=32)] = []
+    """Latest observations."""

@@ -1,0 +1,412 @@
+"""Manifest builders: pure functions, checked against the Kubernetes API's own models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from spa_core.spec import RunSpec
+from spa_operator import names
+from spa_operator.builders import (
+    Owner,
+    build_evaluation_job,
+    build_generator_deployment,
+    build_generator_service,
+    build_pipeline_job,
+    build_spec_config_map,
+    build_training_config_map,
+    build_training_job,
+    build_training_service,
+    generator_url,
+)
+from spa_operator.builders.common import QUEUE_LABEL
+from spa_operator.builders.training import COMPLETION_INDEX_ANNOTATION
+from spa_operator.config import OperatorConfig
+from spa_operator.errors import ClusterSpecError
+
+OWNER = Owner(name="harmless", namespace="ml", uid="0b7c5a3e-1111-2222-3333-444455556666")
+CONFIG = OperatorConfig()
+MODEL = "meta-llama/Llama-3.1-8B-Instruct"
+
+
+def make_spec(**overrides: Any) -> RunSpec:
+    doc: dict[str, Any] = {
+        "model": {"name": MODEL, "tokenSecretRef": {"name": "hf", "key": "token"}},
+        "generator": {"backend": "openai", "gpus": 8, "tensorParallelSize": 8,
+                      "maxModelLen": 8192},
+        "training": {"nodes": 2, "gpusPerNode": 8},
+        "storage": {"pvc": "spa-runs"},
+        "scheduling": {
+            "queueName": "gpu-queue",
+            "priorityClassName": "alignment",
+            "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists",
+                             "effect": "NoSchedule"}],
+            "backoffLimit": 3,
+            "activeDeadlineSeconds": 86400,
+            "ttlSecondsAfterFinished": 3600,
+        },
+    }
+    for key, value in overrides.items():
+        doc[key] = {**doc.get(key, {}), **value} if isinstance(value, dict) else value
+    return RunSpec.model_validate(doc)
+
+
+SPEC = make_spec()
+
+
+def all_children(spec: RunSpec = SPEC, iteration: int = 0) -> list[dict[str, Any]]:
+    return [
+        build_spec_config_map(OWNER, spec, CONFIG),
+        build_generator_deployment(OWNER, spec, CONFIG, iteration),
+        build_generator_service(OWNER, spec, CONFIG),
+        build_pipeline_job(OWNER, spec, CONFIG, iteration),
+        build_training_config_map(OWNER, spec, CONFIG),
+        build_training_service(OWNER, spec, CONFIG, iteration),
+        build_training_job(OWNER, spec, CONFIG, iteration),
+        build_evaluation_job(OWNER, spec, CONFIG, iteration),
+    ]
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    return obj["spec"]["template"]["spec"]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+# --- shape: every manifest round-trips through the kubernetes client's typed models --------
+
+_MODELS = {("v1", "ConfigMap"): "V1ConfigMap", ("v1", "Service"): "V1Service",
+           ("apps/v1", "Deployment"): "V1Deployment", ("batch/v1", "Job"): "V1Job"}
+
+
+def _roundtrip(obj: dict[str, Any]) -> Any:
+    from kubernetes.client import ApiClient
+
+    client = ApiClient()
+    model = client._ApiClient__deserialize(obj, _MODELS[(obj["apiVersion"], obj["kind"])])
+    return client.sanitize_for_serialization(model)
+
+
+@pytest.mark.parametrize("iteration", [0, 2])
+def test_every_child_is_a_valid_kubernetes_object(iteration: int) -> None:
+    pytest.importorskip("kubernetes")
+    for obj in all_children(iteration=iteration):
+        # A misspelt field is dropped by the typed model and a wrong type is coerced: either
+        # way the round trip differs.
+        assert _roundtrip(obj) == obj, obj["metadata"]["name"]
+
+
+def test_every_child_is_owned_by_the_run_as_controller() -> None:
+    for obj in all_children():
+        (ref,) = obj["metadata"]["ownerReferences"]
+        assert ref == {"apiVersion": "alignment.spa.dev/v1alpha1", "kind": "SPAAlignmentRun",
+                       "name": "harmless", "uid": OWNER.uid, "controller": True,
+                       "blockOwnerDeletion": True}
+        assert obj["metadata"]["namespace"] == "ml"
+
+
+def test_builders_are_pure_and_deterministic() -> None:
+    assert all_children() == all_children()
+    first = build_pipeline_job(OWNER, SPEC, CONFIG, 0)
+    first["spec"]["template"]["spec"]["containers"][0]["env"].clear()
+    assert build_pipeline_job(OWNER, SPEC, CONFIG, 0) != first
+
+
+def test_no_sub_object_is_shared_between_containers() -> None:
+    job = build_pipeline_job(OWNER, SPEC, CONFIG, 0)
+    containers = pod_spec(job)["initContainers"] + pod_spec(job)["containers"]
+    assert len({id(c["env"]) for c in containers}) == len(containers)
+
+
+def test_workloads_carry_the_kueue_queue_label_and_other_children_do_not() -> None:
+    for obj in all_children():
+        is_workload = obj["kind"] in {"Job", "Deployment"}
+        assert (obj["metadata"]["labels"].get(QUEUE_LABEL) == "gpu-queue") == is_workload
+
+
+def test_no_queue_label_without_a_queue() -> None:
+    spec = make_spec(scheduling={"queueName": None})
+    assert all(QUEUE_LABEL not in o["metadata"]["labels"] for o in all_children(spec))
+
+
+def test_pods_get_priority_class_node_selector_and_tolerations() -> None:
+    for obj in all_children():
+        if obj["kind"] not in {"Job", "Deployment"}:
+            continue
+        pod = pod_spec(obj)
+        assert pod["priorityClassName"] == "alignment"
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+        assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_workload_placement_replaces_the_run_wide_one() -> None:
+    spec = make_spec(scheduling={**SPEC.scheduling.model_dump(by_alias=True),
+                                 "pipeline": {"nodeSelector": {"pool": "cpu"}, "tolerations": []}})
+    pipeline = pod_spec(build_pipeline_job(OWNER, spec, CONFIG, 0))
+    assert pipeline["nodeSelector"] == {"pool": "cpu"}
+    assert "tolerations" not in pipeline
+    training = pod_spec(build_training_job(OWNER, spec, CONFIG, 0))
+    assert training["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+
+
+def test_jobs_carry_backoff_deadline_and_ttl() -> None:
+    for obj in all_children():
+        if obj["kind"] == "Job":
+            assert obj["spec"]["backoffLimit"] == 3
+            assert obj["spec"]["activeDeadlineSeconds"] == 86400
+            assert obj["spec"]["ttlSecondsAfterFinished"] == 3600
+            assert pod_spec(obj)["restartPolicy"] == "Never"
+
+
+def test_job_limits_are_omitted_when_unset() -> None:
+    spec = make_spec(scheduling={"activeDeadlineSeconds": None, "ttlSecondsAfterFinished": None})
+    job = build_pipeline_job(OWNER, spec, CONFIG, 0)
+    assert "activeDeadlineSeconds" not in job["spec"]
+    assert "ttlSecondsAfterFinished" not in job["spec"]
+
+
+# --- names ---------------------------------------------------------------------------------
+
+def test_names_are_deterministic_and_distinct_per_iteration() -> None:
+    first = [o["metadata"]["name"] for o in all_children(iteration=0)]
+    second = [o["metadata"]["name"] for o in all_children(iteration=1)]
+    assert first == [o["metadata"]["name"] for o in all_children(iteration=0)]
+    assert "harmless-pipeline-0" in first and "harmless-pipeline-1" in second
+    assert "harmless-generator" in first and "harmless-generator" in second  # stable Service
+
+
+def test_longest_allowed_run_name_keeps_every_child_name_a_dns_label() -> None:
+    owner = Owner(name="r" * names.MAX_RUN_NAME_LENGTH, namespace="ml", uid="u")
+    spec = make_spec(training={"nodes": 512, "gpusPerNode": 8}, iterations={"count": 100})
+    last = spec.iterations.count - 1
+    builders = [
+        build_spec_config_map(owner, spec, CONFIG),
+        build_generator_deployment(owner, spec, CONFIG, last),
+        build_generator_service(owner, spec, CONFIG),
+        build_pipeline_job(owner, spec, CONFIG, last),
+        build_training_config_map(owner, spec, CONFIG),
+        build_training_service(owner, spec, CONFIG, last),
+        build_training_job(owner, spec, CONFIG, last),
+        build_evaluation_job(owner, spec, CONFIG, last),
+    ]
+    lengths = [len(o["metadata"]["name"]) for o in builders]
+    hostname = names.training_pod_hostname(owner.name, last, spec.training.nodes - 1)
+    assert max([*lengths, len(hostname)]) == names.DNS_LABEL_MAX
+
+
+def test_schedule_name_bound_leaves_room_for_the_firing_stamp() -> None:
+    run = names.scheduled_run("s" * names.MAX_SCHEDULE_NAME_LENGTH, 99_999_999)
+    assert len(run) == names.MAX_RUN_NAME_LENGTH
+
+
+# --- generator -----------------------------------------------------------------------------
+
+def vllm(iteration: int = 0, spec: RunSpec = SPEC) -> dict[str, Any]:
+    deployment = build_generator_deployment(OWNER, spec, CONFIG, iteration)
+    (container,) = pod_spec(deployment)["containers"]
+    return container
+
+
+def arg(container: dict[str, Any], flag: str) -> str:
+    args = container["args"]
+    return args[args.index(flag) + 1]
+
+
+def test_vllm_serves_the_model_with_the_openai_server_arguments() -> None:
+    c = vllm()
+    assert c["command"] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    assert arg(c, "--model") == MODEL
+    assert arg(c, "--served-model-name") == MODEL
+    assert arg(c, "--tensor-parallel-size") == "8"
+    assert arg(c, "--max-model-len") == "8192"
+    assert arg(c, "--port") == "8000"
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "8"}
+
+
+def test_vllm_gets_the_hf_token_from_the_secret_reference_only() -> None:
+    assert env_of(vllm())["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    spec = make_spec(model={"name": MODEL, "tokenSecretRef": None})
+    assert "HF_TOKEN" not in env_of(vllm(spec=spec))
+
+
+def test_vllm_readiness_waits_on_health_and_shm_is_in_memory() -> None:
+    c = vllm()
+    assert c["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    volumes = {v["name"]: v for v in pod_spec(build_generator_deployment(OWNER, SPEC, CONFIG, 0))
+               ["volumes"]}
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+
+
+def test_later_iterations_serve_the_previous_checkpoint_under_the_same_name() -> None:
+    c = vllm(iteration=2)
+    assert arg(c, "--model") == "/spa/storage/runs/harmless/iter-01/train/checkpoint-final"
+    assert arg(c, "--served-model-name") == MODEL
+
+
+def test_object_store_checkpoints_are_fetched_by_an_init_container() -> None:
+    spec = make_spec(storage={"pvc": None, "uri": "s3://bucket/spa/{name}",
+                              "credentialsSecretRef": "s3-creds"})
+    deployment = build_generator_deployment(OWNER, spec, CONFIG, 1)
+    (fetch,) = pod_spec(deployment)["initContainers"]
+    assert fetch["command"][-3:] == ["s3://bucket/spa/harmless", "iter-00/train/checkpoint-final",
+                                     "/spa/model/iter-00/train/checkpoint-final"]
+    assert fetch["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert arg(pod_spec(deployment)["containers"][0], "--model") == \
+        "/spa/model/iter-00/train/checkpoint-final"
+
+
+def test_service_selects_every_iterations_generator_pods() -> None:
+    service = build_generator_service(OWNER, SPEC, CONFIG)
+    deployment = build_generator_deployment(OWNER, SPEC, CONFIG, 3)
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert service["spec"]["ports"][0]["port"] == 8000
+
+
+@pytest.mark.parametrize(("model", "field"), [
+    ({"name": "embedded:smollm2-135m-instruct"}, "model.name"),
+    ({"name": "/models/llama"}, "model.name"),
+    ({"name": "some/dir", "ggufFile": "m.gguf"}, "model.ggufFile"),
+])
+def test_models_that_cannot_run_in_a_cluster_are_rejected_naming_the_field(
+        model: dict[str, Any], field: str) -> None:
+    with pytest.raises(ClusterSpecError, match=f"spec.{field}") as info:
+        build_generator_deployment(OWNER, make_spec(model=model), CONFIG, 0)
+    assert info.value.field == field
+
+
+def test_model_paths_on_the_run_volume_are_allowed() -> None:
+    spec = make_spec(model={"name": "/spa/storage/models/llama"})
+    assert arg(vllm(spec=spec), "--model") == "/spa/storage/models/llama"
+
+
+# --- pipeline ------------------------------------------------------------------------------
+
+def test_pipeline_runs_each_stage_in_order_against_the_spec_config_map() -> None:
+    pod = pod_spec(build_pipeline_job(OWNER, SPEC, CONFIG, 1))
+    containers = pod["initContainers"] + pod["containers"]
+    assert [c["name"] for c in containers] == ["prompts", "sample", "score", "refine", "pairs"]
+    for c in containers:
+        assert c["args"] == [
+            "spa", c["name"], "/spa/spec/run.yaml", "--run-dir", "/spa/storage/runs/harmless",
+            "--iteration", "1"]
+        assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["spec"]["configMap"]["name"] == "harmless-spec"
+    assert volumes["storage"]["persistentVolumeClaim"]["claimName"] == "spa-runs"
+
+
+def test_spec_config_map_points_the_pipeline_at_the_generator_service() -> None:
+    import yaml
+
+    from spa_core.spec import parse_run
+
+    cm = build_spec_config_map(OWNER, SPEC, CONFIG)
+    pipeline = parse_run(yaml.safe_load(cm["data"]["run.yaml"]))
+    assert pipeline.spec.generator.backend == "openai"
+    assert pipeline.spec.generator.url == "http://harmless-generator.ml.svc:8000/v1"
+    assert pipeline.spec.generator.url == generator_url(OWNER, CONFIG)
+    assert pipeline.spec.generator.served_model_name == MODEL
+    assert pipeline.spec.storage.uri == "/spa/storage/runs/harmless"
+    assert pipeline.spec.sampling == SPEC.sampling and pipeline.spec.training == SPEC.training
+    local = parse_run(yaml.safe_load(cm["data"]["run-local.yaml"]))
+    assert local.spec.generator.backend == "transformers"
+
+
+def test_object_store_credentials_come_from_the_secret_reference() -> None:
+    spec = make_spec(storage={"pvc": None, "uri": "s3://bucket/{name}",
+                              "credentialsSecretRef": "s3-creds"})
+    for obj in all_children(spec):
+        if obj["kind"] == "Job":
+            for c in pod_spec(obj).get("initContainers", []) + pod_spec(obj)["containers"]:
+                assert c["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+                assert "s3://bucket/harmless" in c["args"]
+
+
+def test_a_pod_local_run_directory_is_rejected() -> None:
+    with pytest.raises(ClusterSpecError, match="spec.storage"):
+        build_pipeline_job(OWNER, make_spec(storage={"pvc": None, "uri": "runs/{name}"}),
+                           CONFIG, 0)
+
+
+def test_pipeline_gets_the_generator_api_key_from_its_secret() -> None:
+    spec = make_spec(generator={**SPEC.generator.model_dump(by_alias=True),
+                                "apiKeySecretRef": {"name": "vllm", "key": "api-key"}})
+    (pairs,) = pod_spec(build_pipeline_job(OWNER, spec, CONFIG, 0))["containers"]
+    assert env_of(pairs)["SPA_OPENAI_API_KEY"] == {
+        "secretKeyRef": {"name": "vllm", "key": "api-key"}}
+    assert env_of(vllm(spec=spec))["VLLM_API_KEY"] == {
+        "secretKeyRef": {"name": "vllm", "key": "api-key"}}
+
+
+# --- training ------------------------------------------------------------------------------
+
+def test_training_is_an_indexed_job_with_one_pod_per_node() -> None:
+    job = build_training_job(OWNER, SPEC, CONFIG, 0)
+    assert job["spec"]["completionMode"] == "Indexed"
+    assert job["spec"]["completions"] == job["spec"]["parallelism"] == 2
+    assert pod_spec(job)["subdomain"] == build_training_service(OWNER, SPEC, CONFIG, 0)[
+        "metadata"]["name"]
+
+
+def test_torchrun_is_wired_like_kubeflows_trainer() -> None:
+    job = build_training_job(OWNER, SPEC, CONFIG, 0)
+    (c,) = pod_spec(job)["containers"]
+    env = env_of(c)
+    assert env["PET_NNODES"] == "2"
+    assert env["PET_NPROC_PER_NODE"] == "8"
+    assert env["PET_NODE_RANK"] == {"fieldRef": {
+        "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}
+    assert env["PET_MASTER_ADDR"] == "harmless-train-0-0.harmless-train-0"
+    assert env["PET_MASTER_PORT"] == "29500"
+    assert c["command"] == ["torchrun", "--no-python"]
+    assert c["args"][:3] == ["spa", "train", "/spa/spec/run-local.yaml"]
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "8"}
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
+
+
+def test_headless_service_publishes_pods_before_they_are_ready() -> None:
+    svc = build_training_service(OWNER, SPEC, CONFIG, 0)
+    job = build_training_job(OWNER, SPEC, CONFIG, 0)
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+
+
+@pytest.mark.parametrize(("strategy", "file"), [("fsdp", "fsdp.yaml"),
+                                                ("deepspeed", "deepspeed.json")])
+def test_sharding_config_is_mounted_from_a_config_map(strategy: str, file: str) -> None:
+    spec = make_spec(training={"nodes": 2, "gpusPerNode": 8, "strategy": strategy})
+    cm = build_training_config_map(OWNER, spec, CONFIG)
+    assert list(cm["data"]) == [file]
+    (c,) = pod_spec(build_training_job(OWNER, spec, CONFIG, 0))["containers"]
+    assert env_of(c)["SPA_DISTRIBUTED_CONFIG"] == f"/spa/distributed/{file}"
+
+
+def test_cpu_training_requests_no_gpu() -> None:
+    spec = make_spec(training={"nodes": 1, "gpusPerNode": 0})
+    (c,) = pod_spec(build_training_job(OWNER, spec, CONFIG, 0))["containers"]
+    assert c["resources"] == {}
+    assert env_of(c)["PET_NPROC_PER_NODE"] == "1"
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+def test_evaluation_runs_spa_evaluate_in_process_on_one_gpu() -> None:
+    job = build_evaluation_job(OWNER, SPEC, CONFIG, 0)
+    (c,) = pod_spec(job)["containers"]
+    assert c["args"][:3] == ["spa", "evaluate", "/spa/spec/run-local.yaml"]
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "1"}
+    assert c["image"] == CONFIG.trainer_image
+
+
+def test_operator_config_reads_its_environment() -> None:
+    config = OperatorConfig.from_env({"SPA_OPERATOR_WORKER_IMAGE": "w:1",
+                                      "SPA_OPERATOR_VLLM_PORT": "9000"})
+    assert config.worker_image == "w:1" and config.vllm_port == 9000
