@@ -31,6 +31,10 @@ Arithmetic is float64 and fully specified, so the native backend reproduces it b
 * ``weight = pow(gap / mean, alpha)`` with the C library's ``pow``.
 
 For integer (or other exactly summable) scores all of this is exact arithmetic anyway.
+
+Backends: this module's NumPy code is the reference; ``spa_core._native`` (rust/spa-pairs)
+gives the same arrays and stats bit for bit, reads NumPy columns in place with the GIL
+released, and runs in parallel (fastest when rows arrive sorted by prompt_id).
 """
 
 from __future__ import annotations

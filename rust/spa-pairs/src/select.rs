@@ -1,0 +1,274 @@
+//! The whole selection: group, judge and count (pass 1), then fill the pairs (pass 2).
+//!
+//! Memory stays bounded: pass 1 keeps a small summary per kept group, pass 2 writes straight
+//! into outputs allocated at their final size. Candidate pairs are never stored.
+
+use rayon::prelude::*;
+
+use crate::group::{count_pairs, for_each_pair, judge, Verdict};
+use crate::layout::{group, Grouping, Groups, NotGrouped, SortedRows, PREFETCH_GROUPS};
+use crate::memory;
+use crate::{Columns, CoreError, Params, ResponseId, Score};
+
+/// Counts of what happened to the rows and groups (keys as in the Python `stats` dict).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub rows_in: u64,
+    /// Rows dropped for a missing score.
+    pub dropped_missing: u64,
+    /// Groups without exactly one refined or with fewer than two scored samples.
+    pub dropped_malformed: u64,
+    pub dropped_consistency: u64,
+    pub dropped_det_zero: u64,
+    pub dropped_det_above_rho: u64,
+    pub groups_in: u64,
+    pub groups_kept: u64,
+    pub pairs: u64,
+}
+
+impl Stats {
+    /// (name, value) in the order of the Python reference's `STAT_KEYS`.
+    pub fn entries(&self) -> [(&'static str, u64); 9] {
+        [
+            ("rows_in", self.rows_in),
+            ("dropped_missing", self.dropped_missing),
+            ("dropped_malformed", self.dropped_malformed),
+            ("dropped_consistency", self.dropped_consistency),
+            ("dropped_det_zero", self.dropped_det_zero),
+            ("dropped_det_above_rho", self.dropped_det_above_rho),
+            ("groups_in", self.groups_in),
+            ("groups_kept", self.groups_kept),
+            ("pairs", self.pairs),
+        ]
+    }
+
+    fn merge(mut self, o: Self) -> Self {
+        self.dropped_missing += o.dropped_missing;
+        self.dropped_malformed += o.dropped_malformed;
+        self.dropped_consistency += o.dropped_consistency;
+        self.dropped_det_zero += o.dropped_det_zero;
+        self.dropped_det_above_rho += o.dropped_det_above_rho;
+        self.groups_in += o.groups_in;
+        self.groups_kept += o.groups_kept;
+        self.pairs += o.pairs;
+        self
+    }
+}
+
+/// The pairs of the kept groups, sorted by (prompt_id, chosen_id, rejected_id).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Selection {
+    /// Kept prompt ids, ascending.
+    pub kept_prompt_ids: Vec<i64>,
+    pub prompt_id: Vec<i64>,
+    pub chosen_id: Vec<i64>,
+    pub rejected_id: Vec<i64>,
+    pub gap: Vec<f64>,
+    pub weight: Vec<f64>,
+    pub stats: Stats,
+}
+
+/// A kept group, as pass 1 leaves it for pass 2.
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    group: usize,
+    prompt_id: i64,
+    pairs: u64,
+    /// The group's gaps added left to right in output order.
+    gap_sum: f64,
+}
+
+/// Pass 1 over one block of consecutive groups.
+#[derive(Default)]
+struct Block {
+    stats: Stats,
+    error: Option<CoreError>,
+    kept: Vec<Kept>,
+}
+
+/// Denoise the groups and build their weighted pairs (DESIGN.md steps 4-6).
+pub fn select_pairs<R: ResponseId, S: Score>(
+    cols: &Columns<'_, R, S>,
+    params: &Params,
+) -> Result<Selection, CoreError> {
+    let params = Params::new(params.rho, params.delta, params.alpha)?;
+    let stats = Stats { rows_in: cols.len() as u64, ..Stats::default() };
+    if cols.is_empty() {
+        return Ok(Selection { stats, ..Selection::default() });
+    }
+    // Rows sorted by prompt id: no extra pass, nothing regrouped.
+    if let Ok(selection) = select_groups(&SortedRows::new(cols), &params, stats) {
+        return selection;
+    }
+    match group(cols)? {
+        Grouping::InPlace(groups) => select_groups(&groups, &params, stats),
+        Grouping::Packed(groups) => select_groups(&groups, &params, stats),
+    }
+    .unwrap_or_else(|NotGrouped| unreachable!("regrouped rows are grouped"))
+}
+
+/// Both passes over one grouping (`Err(NotGrouped)`: it does not fit the rows).
+fn select_groups(
+    groups: &impl Groups,
+    params: &Params,
+    mut stats: Stats,
+) -> Result<Result<Selection, CoreError>, NotGrouped> {
+    // Pass 1: judge every group, count its pairs and sum its gaps.
+    let blocks: Vec<Block> = (0..groups.blocks())
+        .into_par_iter()
+        .map_init(Vec::new, |buf, b| {
+            let mut out = Block::default();
+            let visited = groups.visit_block(b, |g| {
+                out.stats.groups_in += 1;
+                match groups.load(g, buf) {
+                    Err(e) => out.error = CoreError::first(out.error.take(), Some(e)),
+                    Ok(missing) => {
+                        out.stats.dropped_missing += missing;
+                        let st = &mut out.stats;
+                        match judge(buf, params) {
+                            Verdict::Malformed => st.dropped_malformed += 1,
+                            Verdict::Inconsistent => st.dropped_consistency += 1,
+                            Verdict::DetZero => st.dropped_det_zero += 1,
+                            Verdict::DetAboveRho => st.dropped_det_above_rho += 1,
+                            Verdict::Kept => {
+                                let (pairs, gap_sum) = count_pairs(buf, params.delta);
+                                let prompt_id = groups.prompt_id(g);
+                                out.kept.push(Kept { group: g, prompt_id, pairs, gap_sum });
+                                st.groups_kept += 1;
+                                st.pairs += pairs;
+                            }
+                        }
+                    }
+                }
+            });
+            visited.map(|()| out)
+        })
+        .collect::<Result<_, NotGrouped>>()?;
+    let mut kept = Vec::with_capacity(blocks.iter().map(|b| b.kept.len()).sum());
+    let mut error = None;
+    for block in blocks {
+        stats = stats.merge(block.stats);
+        error = CoreError::first(error, block.error);
+        kept.extend(block.kept);
+    }
+    if let Some(e) = error {
+        return Ok(Err(e));
+    }
+
+    // The mean gap: kept groups' sums added in ascending prompt id, left to right.
+    let n_pairs = stats.pairs as usize;
+    let total: f64 = kept.iter().fold(0.0, |acc, k| acc + k.gap_sum);
+    let weigh = Weigher::new(total, n_pairs, params.alpha);
+
+    // Pass 2: fill the outputs, each task a run of kept groups and its own slice of them.
+    let mut out = Selection {
+        kept_prompt_ids: kept.iter().map(|k| k.prompt_id).collect(),
+        prompt_id: memory::zeros(n_pairs),
+        chosen_id: memory::zeros(n_pairs),
+        rejected_id: memory::zeros(n_pairs),
+        gap: memory::zeros(n_pairs),
+        weight: memory::zeros(n_pairs),
+        stats,
+    };
+    let per_task = (n_pairs / (rayon::current_num_threads() * 16)).max(4096) as u64;
+    let mut tasks = Vec::new();
+    let mut rest = OutSlices {
+        prompt_id: &mut out.prompt_id,
+        chosen_id: &mut out.chosen_id,
+        rejected_id: &mut out.rejected_id,
+        gap: &mut out.gap,
+        weight: &mut out.weight,
+    };
+    let (mut first, mut pairs) = (0usize, 0u64);
+    for (i, k) in kept.iter().enumerate() {
+        pairs += k.pairs;
+        if pairs >= per_task || i + 1 == kept.len() {
+            let (head, tail) = rest.split_at(pairs as usize);
+            tasks.push((&kept[first..=i], head));
+            rest = tail;
+            (first, pairs) = (i + 1, 0);
+        }
+    }
+    tasks.into_par_iter().for_each_init(Vec::new, |buf, (run, slices)| {
+        let mut at = 0;
+        for (i, k) in run.iter().enumerate() {
+            // Kept groups are scattered: fetch a few ahead.
+            if let Some(ahead) = run.get(i + PREFETCH_GROUPS) {
+                groups.prefetch(ahead.group);
+            }
+            let pid = k.prompt_id;
+            groups.load(k.group, buf).expect("pass 1 read this group without error");
+            for_each_pair(buf, params.delta, |plus, minus, gap| {
+                slices.prompt_id[at] = pid;
+                slices.chosen_id[at] = plus.id;
+                slices.rejected_id[at] = minus.id;
+                slices.gap[at] = gap;
+                slices.weight[at] = weigh.weight(gap);
+                at += 1;
+            });
+        }
+        debug_assert_eq!(at, slices.prompt_id.len());
+    });
+    Ok(Ok(out))
+}
+
+/// Disjoint mutable windows of the five pair columns.
+struct OutSlices<'o> {
+    prompt_id: &'o mut [i64],
+    chosen_id: &'o mut [i64],
+    rejected_id: &'o mut [i64],
+    gap: &'o mut [f64],
+    weight: &'o mut [f64],
+}
+
+impl<'o> OutSlices<'o> {
+    fn split_at(self, k: usize) -> (Self, Self) {
+        let (p0, p1) = self.prompt_id.split_at_mut(k);
+        let (c0, c1) = self.chosen_id.split_at_mut(k);
+        let (r0, r1) = self.rejected_id.split_at_mut(k);
+        let (g0, g1) = self.gap.split_at_mut(k);
+        let (w0, w1) = self.weight.split_at_mut(k);
+        (
+            Self { prompt_id: p0, chosen_id: c0, rejected_id: r0, gap: g0, weight: w0 },
+            Self { prompt_id: p1, chosen_id: c1, rejected_id: r1, gap: g1, weight: w1 },
+        )
+    }
+}
+
+/// Step 6: `pow(gap / mean, alpha)`, all 1 when every gap is 0 or alpha is 0.
+///
+/// Small integer gaps (the usual case: integer scores) are looked up in a table filled
+/// by the same expression, so the results are identical to calling `powf` each time.
+struct Weigher {
+    mean: f64,
+    alpha: f64,
+    unit: bool,
+    table: [f64; Self::TABLE],
+}
+
+impl Weigher {
+    const TABLE: usize = 64;
+
+    fn new(total: f64, n_pairs: usize, alpha: f64) -> Self {
+        let unit = n_pairs == 0 || total == 0.0 || alpha == 0.0;
+        let mean = if unit { 1.0 } else { total / n_pairs as f64 };
+        let mut table = [1.0; Self::TABLE];
+        if !unit {
+            for (k, t) in table.iter_mut().enumerate() {
+                *t = (k as f64 / mean).powf(alpha);
+            }
+        }
+        Self { mean, alpha, unit, table }
+    }
+
+    #[inline]
+    fn weight(&self, gap: f64) -> f64 {
+        if self.unit {
+            1.0
+        } else if gap < Self::TABLE as f64 && (gap as usize) as f64 == gap {
+            self.table[gap as usize] // (no libm trunc: the cast is exact for these)
+        } else {
+            (gap / self.mean).powf(self.alpha)
+        }
+    }
+}
