@@ -192,9 +192,12 @@ def test_transformers_seeded_sampling_repeats(local_backend) -> None:
 def test_transformers_json_schema_is_enforced(local_backend) -> None:
     """The 135M model ignores the judge format when free; constrained, every answer parses."""
     assert local_backend.supports_json_schema
-    requests = [ask(f"Rate this answer: {q}", max_tokens=24, json_schema=SCORES_SCHEMA)
+    from spa_core.prompts import score_json_schema
+
+    schema = score_json_schema("harmlessness")
+    requests = [ask(f"Rate this answer: {q}", max_tokens=32, json_schema=schema)
                 for q in QUESTIONS[:3]]
     for result in local_backend.generate(requests):
         data = json.loads(result.text)
-        assert set(data) == {"harmlessness", "helpfulness"}
-        assert all(isinstance(v, int) for v in data.values())
+        assert set(data) == {"Harmlessness", "Helpfulness"}
+        assert all(isinstance(v, int) and 1 <= v <= 10 for v in data.values())

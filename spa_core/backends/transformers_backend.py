@@ -178,7 +178,8 @@ class TransformersBackend:
                     self.tokenizer, vocab_size=self.model.config.vocab_size,
                     stop_token_ids=self.eos_ids)
                 self._compiler = xgr.GrammarCompiler(info)
-            self._grammars[key] = self._compiler.compile_json_schema(key)
+            # Compact JSON: free whitespace let a weak model pad until max_tokens ran out.
+            self._grammars[key] = self._compiler.compile_json_schema(key, any_whitespace=False)
         return LogitsProcessor(self._grammars[key])
 
     def _finish(self, tokens: list[int], limit: int) -> ChatResult:
