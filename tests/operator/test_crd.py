@@ -183,7 +183,6 @@ def test_a_union_of_types_is_refused() -> None:
 
 
 def test_crd_parses_as_the_kubernetes_api_type() -> None:
-    pytest.importorskip("kubernetes")
     from kubernetes.client import ApiClient
 
     client = ApiClient()

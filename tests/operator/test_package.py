@@ -13,7 +13,6 @@ OPERATOR_DIR = Path(__file__).resolve().parents[2] / "operator"
 
 
 def test_importing_the_operator_imports_no_ml_framework() -> None:
-    pytest.importorskip("kopf")
     code = ("import sys, spa_operator.main; "
             "heavy = {'torch', 'transformers', 'trl', 'vllm', 'accelerate'} & set(sys.modules); "
             "sys.exit(f'imported {sorted(heavy)}' if heavy else 0)")
