@@ -89,7 +89,7 @@ def test_config_hash_is_stable_and_sensitive() -> None:
     from spa_core.spec import SamplingSpec
 
     assert config_hash(SamplingSpec()) == config_hash(SamplingSpec())
-    assert config_hash(SamplingSpec()) != config_hash(SamplingSpec(n=4))
+    assert config_hash(SamplingSpec()) != config_hash(SamplingSpec(num_samples=4))
 
 
 def test_force_redoes_a_finished_stage_even_with_the_same_config(tmp_path: Path) -> None:
