@@ -83,6 +83,12 @@ class StageContext:
             )
         return self._backends[key]
 
+    def release(self, model_path: str) -> None:
+        """Close the backend serving `model_path`, freeing its memory."""
+        backend = self._backends.pop(model_path, None)
+        if backend is not None:
+            backend.close()
+
     def close(self) -> None:
         for backend in self._backends.values():
             backend.close()

@@ -51,7 +51,7 @@ def run_evaluate(ctx: StageContext) -> dict:
         with ctx.progress(f"evaluate ({label})", len(requests)) as advance:
             answers = [r.text for r in ctx.backend(model_path).generate(requests, on_done=advance)]
         if model_path is not None:  # free the trained model before judging
-            ctx._backends.pop(model_path).close()
+            ctx.release(model_path)
         a, b, status, _ = judge(ctx, prompts, answers)
         columns |= {
             f"{label}_response": pa.array(answers, pa.string()),

@@ -107,7 +107,9 @@ def run_sample(ctx: StageContext) -> dict:
                 ctx.dir.write_table(f"samples/{name}.parquet", out)
                 manifest.mark_shard(ctx.dir, name, rows=out.num_rows,
                                     failed=sum(r.text is None for r in results))
-        manifest.finish(ctx.dir, **_sum_shards(manifest, ["rows", "failed"], prefix="samples"))
+        shards = manifest.shards.values()
+        manifest.finish(ctx.dir, samples=sum(x["rows"] for x in shards),
+                        samples_failed=sum(x["failed"] for x in shards))
     return manifest.stats
 
 
@@ -167,21 +169,15 @@ def run_score(ctx: StageContext) -> dict:
     if not manifest.complete:
         prompts = _prompt_lookup(ctx)
         todo = _unfinished(ctx, "samples", manifest)
-        tables = {name: ctx.dir.read_table(f"samples/{name}.parquet") for name in todo}
-        with ctx.progress("score", sum(t.num_rows for t in tables.values())) as advance:
-            for name, samples in tables.items():
+        sample_rows = StageManifest.load(ctx.dir, "samples").shards
+        with ctx.progress("score", sum(sample_rows[name]["rows"] for name in todo)) as advance:
+            for name in todo:
+                samples = ctx.dir.read_table(f"samples/{name}.parquet")
                 ids = samples.column("prompt_id").to_numpy()
                 a, b, status, raw = judge(ctx, [prompts[int(p)] for p in ids],
                                           samples.column("response").to_pylist(), advance)
-                out = pa.table({
-                    "prompt_id": samples.column("prompt_id"),
-                    "response_id": samples.column("response_id"),
-                    "is_refined": pa.array(np.zeros(len(ids), bool)),
-                    "score_a": pa.array(a, pa.float64()),
-                    "score_b": pa.array(b, pa.float64()),
-                    "status": pa.array(status, pa.string()),
-                    "judge_output": pa.array(raw, pa.string()),
-                })
+                out = _scored_table(samples.column("prompt_id"), samples.column("response_id"),
+                                    False, a, b, status, raw)
                 ctx.dir.write_table(f"scores/{name}.parquet", out)
                 manifest.mark_shard(ctx.dir, name, rows=out.num_rows, **Counter(status))
         manifest.finish(ctx.dir, **_status_totals(manifest))
@@ -214,21 +210,34 @@ def run_refine(ctx: StageContext) -> dict:
                 results = ctx.backend().generate(requests)
                 texts = [r.text.strip() if r.text else None for r in results]
                 a, b, status, raw = judge(ctx, [prompts[p] for p in ids], texts)
-                out = pa.table({
-                    "prompt_id": pa.array(ids, pa.int64()),
-                    "response_id": pa.array(np.full(len(ids), s.num_samples), pa.int64()),
-                    "is_refined": pa.array(np.ones(len(ids), bool)),
-                    "response": pa.array(texts, pa.string()),
-                    "score_a": pa.array(a, pa.float64()),
-                    "score_b": pa.array(b, pa.float64()),
-                    "status": pa.array(status, pa.string()),
-                    "judge_output": pa.array(raw, pa.string()),
-                })
+                out = _scored_table(
+                    pa.array(ids, pa.int64()),
+                    pa.array(np.full(len(ids), s.num_samples), pa.int64()),
+                    True, a, b, status, raw, response=texts)
                 ctx.dir.write_table(f"refined/{name}.parquet", out)
                 manifest.mark_shard(ctx.dir, name, rows=out.num_rows, **Counter(status))
                 advance(1)
         manifest.finish(ctx.dir, **_status_totals(manifest))
     return manifest.stats
+
+
+def _scored_table(prompt_id: pa.Array, response_id: pa.Array, is_refined: bool,
+                  a: list[float | None], b: list[float | None], status: list[str],
+                  raw: list[str | None], response: list[str | None] | None = None) -> pa.Table:
+    """The columns `score` and `refine` write: ids, optionally the response, and its scores."""
+    columns = {
+        "prompt_id": prompt_id,
+        "response_id": response_id,
+        "is_refined": pa.array(np.full(len(prompt_id), is_refined)),
+    }
+    if response is not None:
+        columns["response"] = pa.array(response, pa.string())
+    return pa.table(columns | {
+        "score_a": pa.array(a, pa.float64()),
+        "score_b": pa.array(b, pa.float64()),
+        "status": pa.array(status, pa.string()),
+        "judge_output": pa.array(raw, pa.string()),
+    })
 
 
 def _unfinished(ctx: StageContext, upstream: str, manifest: StageManifest) -> list[str]:
@@ -254,11 +263,6 @@ def _groups(samples: pa.Table, scores: pa.Table) -> dict[int, list[tuple[str, fl
                                  ("prompt_id", "response", "score_a", "score_b")), strict=True):
         groups.setdefault(pid, []).append((text, a, b))
     return groups
-
-
-def _sum_shards(manifest: StageManifest, keys: list[str], prefix: str) -> dict:
-    return {f"{prefix}_{k}" if k != "rows" else prefix: sum(s.get(k, 0) for s in manifest.shards.values())
-            for k in keys}
 
 
 def _status_totals(manifest: StageManifest) -> dict:
