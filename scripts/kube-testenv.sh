@@ -15,7 +15,7 @@
 # ${SPA_CACHE:-~/.cache/spa}/kube/<k8s version>/bin, outside the repository.
 #
 # Environment: SPA_CACHE, KUBE_VERSION, ETCD_VERSION (pins below), KUBE_TESTENV_COMPONENTS
-# (what `build` builds; default "etcd kube-apiserver"; add kubectl and/or
+# (what `build` builds; default "etcd kube-apiserver kubectl"; add
 # kube-controller-manager), KUBE_TESTENV_DIR (default DIR), KUBE_TESTENV_READY_TIMEOUT.
 set -euo pipefail
 
@@ -25,7 +25,7 @@ SPA_CACHE="${SPA_CACHE:-$HOME/.cache/spa}"
 ROOT="$SPA_CACHE/kube/v$KUBE_VERSION"
 BIN="$ROOT/bin"
 STAGING_VERSION="v0.${KUBE_VERSION#1.}"
-COMPONENTS="${KUBE_TESTENV_COMPONENTS:-etcd kube-apiserver}"
+COMPONENTS="${KUBE_TESTENV_COMPONENTS:-etcd kube-apiserver kubectl}"
 
 log() { printf 'kube-testenv: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
