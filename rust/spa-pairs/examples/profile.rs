@@ -1,4 +1,4 @@
-//! Time select_pairs on generated data: `cargo run --release --example profile -- PROMPTS [shuffled|grouped] [REPEAT]`.
+//! Time select_pairs on generated data: `cargo run --release --example profile -- PROMPTS [shuffled|grouped|reversed] [REPEAT]`.
 
 use std::time::Instant;
 
@@ -7,7 +7,9 @@ use spa_pairs::{select_pairs, Columns, Params};
 fn main() {
     let mut args = std::env::args().skip(1);
     let prompts: usize = args.next().map_or(1_000_000, |s| s.parse().expect("PROMPTS"));
-    let shuffled = args.next().as_deref() != Some("grouped");
+    let layout = args.next();
+    let shuffled = !matches!(layout.as_deref(), Some("grouped" | "reversed"));
+    let reversed = layout.as_deref() == Some("reversed");
     let repeat: usize = args.next().map_or(3, |s| s.parse().expect("REPEAT"));
     let mut state = 0x2545f4914f6cdd1du64;
     let mut next = move |m: u64| {
@@ -35,6 +37,16 @@ fn main() {
             refined.push(r == 5);
             a.push(if next(33) == 0 { f64::NAN } else { x as f64 });
             b.push(if next(33) == 0 { f64::NAN } else { y as f64 });
+        }
+    }
+    if reversed {
+        // Grouped, each group's rows in descending response id.
+        for g in 0..prompts {
+            let r = g * 6..g * 6 + 6;
+            rid[r.clone()].reverse();
+            refined[r.clone()].reverse();
+            a[r.clone()].reverse();
+            b[r].reverse();
         }
     }
     if shuffled {

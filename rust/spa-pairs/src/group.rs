@@ -32,7 +32,7 @@ pub(crate) enum Verdict {
 #[inline]
 pub(crate) fn load(
     prompt_id: i64,
-    rows: impl Iterator<Item = (i64, f64, f64, bool)>,
+    rows: impl Iterator<Item = Row>,
     buf: &mut Vec<Response>,
 ) -> Result<u64, CoreError> {
     buf.clear();
@@ -106,39 +106,197 @@ fn place_by_id(buf: &mut Vec<Response>, lowest: i64) -> bool {
     true
 }
 
-/// Step 4: malformed, consistency, then 0 < det(Sigma) <= rho, in that order.
-///
-/// Sums run over the samples in ascending response id, left to right from 0.0;
-/// `det = D / (n^2 (n-1)^2)` with `D = Caa*Cbb - Cab^2`, `Cxy = n*Sxy - Sx*Sy`.
-pub(crate) fn judge(group: &[Response], params: &Params) -> Verdict {
-    let mut refined: Option<&Response> = None;
-    let mut n_refined = 0usize;
-    let mut n_samples = 0usize;
-    let (mut max_a, mut max_b) = (f64::NEG_INFINITY, f64::NEG_INFINITY);
-    let (mut sa, mut sb, mut saa, mut sbb, mut sab) = (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
-    for r in group {
-        if r.refined {
-            n_refined += 1;
-            refined = Some(r);
-        } else {
-            n_samples += 1;
-            max_a = max_a.max(r.a);
-            max_b = max_b.max(r.b);
-            sa += r.a;
-            sb += r.b;
-            saa += r.a * r.a;
-            sbb += r.b * r.b;
-            sab += r.a * r.b;
+/// A row as the groupings hand it out: (response id, score a, score b, is refined), widened.
+pub(crate) type Row = (i64, f64, f64, bool);
+
+/// Groups of at most this many rows take the fast path (no heap buffer, branch-free loops);
+/// larger or irregular groups take the general one. Both give the same results.
+pub(crate) const SMALL: usize = 16;
+
+/// A small group's rows in fixed arrays on the stack: as they arrived, and (made only
+/// when needed: most groups are decided by their [`Outline`]) the scored ones in
+/// ascending response id.
+pub(crate) struct Small {
+    arrived: [MaybeUninit<Response>; SMALL],
+    len: usize,
+    /// How to put them in order: already ascending, or each row `i` at bit
+    /// `arrived[i].id - lowest` of `taken`.
+    ascending: bool,
+    lowest: i64,
+    taken: u64,
+    sorted: [MaybeUninit<Response>; SMALL],
+}
+
+impl Small {
+    pub(crate) fn new() -> Self {
+        Self {
+            arrived: [const { MaybeUninit::uninit() }; SMALL],
+            len: 0,
+            ascending: true,
+            lowest: 0,
+            taken: 0,
+            sorted: [const { MaybeUninit::uninit() }; SMALL],
         }
     }
-    let refined = match refined {
-        Some(r) if n_refined == 1 && n_samples >= 2 => r,
-        _ => return Verdict::Malformed,
-    };
-    if !(refined.a > max_a && refined.b > max_b) {
-        return Verdict::Inconsistent;
+
+    /// The scored rows, in ascending response id.
+    #[inline(always)]
+    pub(crate) fn scored_rows(&mut self) -> &[Response] {
+        // SAFETY: slots 0..len were written by `load_small`.
+        let arrived =
+            unsafe { std::slice::from_raw_parts(self.arrived.as_ptr().cast::<Response>(), self.len) };
+        let mut scored = 0;
+        if self.ascending {
+            for r in arrived {
+                // Written unconditionally, kept by advancing past it: no branch.
+                self.sorted[scored].write(*r);
+                scored += usize::from(!r.missing);
+            }
+        } else {
+            let mut by_slot = [0u8; 64];
+            for (i, r) in arrived.iter().enumerate() {
+                by_slot[(r.id - self.lowest) as usize] = i as u8;
+            }
+            let mut taken = self.taken;
+            while taken != 0 {
+                let r = arrived[by_slot[taken.trailing_zeros() as usize] as usize];
+                self.sorted[scored].write(r);
+                scored += usize::from(!r.missing);
+                taken &= taken - 1;
+            }
+        }
+        // SAFETY: slots 0..scored were written above.
+        unsafe { std::slice::from_raw_parts(self.sorted.as_ptr().cast::<Response>(), scored) }
     }
-    let n = n_samples as f64;
+}
+
+/// The fast path's [`load`]: a group's `len` rows into `small`, and their [`Outline`].
+///
+/// Returns the number of rows with a missing score and the outline, or None (leaving the
+/// general path to decide, errors included) when the group has more than [`SMALL`] rows,
+/// a score is infinite, or its ids are out of order and either not within 64 of each other
+/// or not distinct.
+#[inline(always)]
+pub(crate) fn load_small(
+    len: usize,
+    rows: impl Iterator<Item = Row>,
+    small: &mut Small,
+) -> Option<(u64, Outline)> {
+    if len > SMALL {
+        return None;
+    }
+    let (mut infinite, mut ascending, mut missing) = (false, true, 0u64);
+    let (mut previous, mut lowest, mut highest) = (i64::MIN, i64::MAX, i64::MIN);
+    let mut outline = Outline::EMPTY;
+    for (i, (id, a, b, refined)) in rows.take(SMALL).enumerate() {
+        infinite |= a.is_infinite() | b.is_infinite();
+        ascending &= i == 0 || id > previous;
+        previous = id;
+        lowest = lowest.min(id);
+        highest = highest.max(id);
+        let unscored = a.is_nan() | b.is_nan();
+        missing += u64::from(unscored);
+        // (The outline does not depend on the order of the rows.)
+        outline.add(a, b, refined, !unscored);
+        small.arrived[i].write(Response { id, a, b, refined, missing: unscored });
+    }
+    if infinite {
+        return None;
+    }
+    small.len = len;
+    small.ascending = ascending;
+    if !ascending {
+        // Out of order: distinct ids within 64 of each other, else the general path.
+        // SAFETY: slots 0..len were written above.
+        let arrived = unsafe { std::slice::from_raw_parts(small.arrived.as_ptr().cast::<Response>(), len) };
+        if (highest as i128 - lowest as i128) >= 64 {
+            return None;
+        }
+        let taken = arrived.iter().fold(0u64, |t, r| t | 1 << (r.id - lowest));
+        if taken.count_ones() as usize != len {
+            return None;
+        }
+        (small.lowest, small.taken) = (lowest, taken);
+    }
+    Some((missing, outline))
+}
+
+/// What step 4 first needs of a group: its counts, the refined row's scores, the
+/// samples' maxima. Most groups are decided by these alone.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outline {
+    n_refined: usize,
+    n_samples: usize,
+    refined: (f64, f64),
+    max: (f64, f64),
+}
+
+impl Outline {
+    const EMPTY: Self = Self {
+        n_refined: 0,
+        n_samples: 0,
+        refined: (f64::NAN, f64::NAN),
+        max: (f64::NEG_INFINITY, f64::NEG_INFINITY),
+    };
+
+    /// Of a group's scored rows.
+    #[inline(always)]
+    pub(crate) fn of(group: &[Response]) -> Self {
+        let mut outline = Self::EMPTY;
+        for r in group {
+            outline.add(r.a, r.b, r.refined, true);
+        }
+        outline
+    }
+
+    /// Add a row; branch-free, and a row that is not `scored` changes nothing.
+    #[inline(always)]
+    fn add(&mut self, a: f64, b: f64, refined: bool, scored: bool) {
+        let (is_refined, is_sample) = (refined & scored, !refined & scored);
+        self.n_refined += usize::from(is_refined);
+        self.n_samples += usize::from(is_sample);
+        self.refined = if is_refined { (a, b) } else { self.refined };
+        let (ma, mb) = if is_sample { (a, b) } else { (f64::NEG_INFINITY, f64::NEG_INFINITY) };
+        self.max = (self.max.0.max(ma), self.max.1.max(mb));
+    }
+}
+
+impl Outline {
+    /// Step 4's first two rules: malformed, then consistency. None: the group needs
+    /// [`judge`].
+    #[inline(always)]
+    pub(crate) fn screen(&self) -> Option<Verdict> {
+        if self.n_refined != 1 || self.n_samples < 2 {
+            Some(Verdict::Malformed)
+        } else if !(self.refined.0 > self.max.0 && self.refined.1 > self.max.1) {
+            Some(Verdict::Inconsistent)
+        } else {
+            None
+        }
+    }
+}
+
+/// Step 4: malformed, consistency, then 0 < det(Sigma) <= rho, in that order.
+///
+/// `group` holds the scored rows in ascending response id, `outline` is theirs; sums run
+/// over the samples left to right from 0.0; `det = D / (n^2 (n-1)^2)` with
+/// `D = Caa*Cbb - Cab^2`, `Cxy = n*Sxy - Sx*Sy`.
+#[inline]
+pub(crate) fn judge(group: &[Response], outline: &Outline, params: &Params) -> Verdict {
+    if let Some(verdict) = outline.screen() {
+        return verdict;
+    }
+    // A refined row adds 0.0: an exact no-op, as a sum that starts at +0.0 is never -0.0.
+    let (mut sa, mut sb, mut saa, mut sbb, mut sab) = (0.0f64, 0.0f64, 0.0f64, 0.0f64, 0.0f64);
+    for r in group {
+        let (a, b) = if r.refined { (0.0, 0.0) } else { (r.a, r.b) };
+        sa += a;
+        sb += b;
+        saa += a * a;
+        sbb += b * b;
+        sab += a * b;
+    }
+    let n = outline.n_samples as f64;
     let caa = n * saa - sa * sa;
     let cbb = n * sbb - sb * sb;
     let cab = n * sab - sa * sb;
@@ -167,39 +325,57 @@ fn gap(p: &Response, m: &Response) -> f64 {
     ((p.a + p.b) - (m.a + m.b)).abs()
 }
 
+/// For each row p of a small group, the rows it is paired with as chosen: bit m of
+/// `masks[p]` is set when (p, m) is a pair. Each unordered couple is compared once.
+#[inline(always)]
+fn pair_masks(group: &[Response], delta: f64) -> [u16; SMALL] {
+    debug_assert!(group.len() <= SMALL);
+    let mut masks = [0u16; SMALL];
+    for (i, p) in group.iter().enumerate() {
+        for (j, m) in group.iter().enumerate().skip(i + 1) {
+            let (da, db) = (p.a - m.a, p.b - m.b);
+            let far = u16::from(da.abs() + db.abs() >= delta);
+            // (p, m) is lexicographically ordered one way, the other, or not at all (equal).
+            let p_wins = u16::from((da > 0.0) | ((da == 0.0) & (db > 0.0)));
+            let m_wins = u16::from((da < 0.0) | ((da == 0.0) & (db < 0.0)));
+            masks[i] |= (far & p_wins) << j;
+            masks[j] |= (far & m_wins) << i;
+        }
+    }
+    masks
+}
+
 /// Step 5's pair count and gap sum (the pairs' gaps added left to right in output order).
 #[inline]
 pub(crate) fn count_pairs(group: &[Response], delta: f64) -> (u64, f64) {
-    if group.len() > 16 {
-        let (mut pairs, mut gap_sum) = (0u64, 0.0f64);
-        for_each_pair(group, delta, |_, _, gap| {
-            pairs += 1;
-            gap_sum += gap;
-        });
-        return (pairs, gap_sum);
-    }
-    // Small groups, branch-free: gaps of the pairs packed to the front, then summed.
-    let mut gaps = [const { MaybeUninit::<f64>::uninit() }; 16 * 16];
-    let mut pairs = 0usize;
-    for p in group {
-        for m in group {
-            gaps[pairs].write(gap(p, m));
-            pairs += usize::from(is_pair(p, m, delta));
-        }
-    }
-    // SAFETY: slots 0..pairs were written (each slot is written before `pairs` passes it).
-    let sum = gaps[..pairs].iter().fold(0.0, |acc, g| acc + unsafe { g.assume_init() });
-    (pairs as u64, sum)
+    let (mut pairs, mut gap_sum) = (0u64, 0.0f64);
+    for_each_pair(group, delta, |_, _, gap| {
+        pairs += 1;
+        gap_sum += gap;
+    });
+    (pairs, gap_sum)
 }
 
 /// Step 5: call `f(chosen, rejected, gap)` for every pair, in (chosen id, rejected id) order.
-#[inline]
+#[inline(always)]
 pub(crate) fn for_each_pair(group: &[Response], delta: f64, mut f: impl FnMut(&Response, &Response, f64)) {
-    for p in group {
-        for m in group {
-            if is_pair(p, m, delta) {
-                f(p, m, gap(p, m));
+    if group.len() > SMALL {
+        for p in group {
+            for m in group {
+                if is_pair(p, m, delta) {
+                    f(p, m, gap(p, m));
+                }
             }
+        }
+        return;
+    }
+    let masks = pair_masks(group, delta);
+    for (p, &mask) in group.iter().zip(&masks) {
+        let mut rest = mask;
+        while rest != 0 {
+            let m = &group[rest.trailing_zeros() as usize];
+            f(p, m, gap(p, m));
+            rest &= rest - 1;
         }
     }
 }
@@ -224,39 +400,43 @@ mod tests {
         g
     }
 
+    fn judged(group: &[Response], params: &Params) -> Verdict {
+        judge(group, &Outline::of(group), params)
+    }
+
     const SQUARE: [(f64, f64); 4] = [(1.0, 1.0), (4.0, 1.0), (1.0, 4.0), (4.0, 4.0)];
 
     #[test]
     fn det_exactly_rho_is_kept() {
         let p = Params::new(9.0, 0.0, 1.0).unwrap();
-        assert_eq!(judge(&group(&SQUARE, (5.0, 5.0)), &p), Verdict::Kept);
+        assert_eq!(judged(&group(&SQUARE, (5.0, 5.0)), &p), Verdict::Kept);
         let p = Params::new(9.0f64.next_down(), 0.0, 1.0).unwrap();
-        assert_eq!(judge(&group(&SQUARE, (5.0, 5.0)), &p), Verdict::DetAboveRho);
+        assert_eq!(judged(&group(&SQUARE, (5.0, 5.0)), &p), Verdict::DetAboveRho);
     }
 
     #[test]
     fn refined_must_beat_every_sample() {
         let p = Params::new(50.0, 0.0, 1.0).unwrap();
-        assert_eq!(judge(&group(&SQUARE, (4.0, 9.0)), &p), Verdict::Inconsistent);
-        assert_eq!(judge(&group(&SQUARE, (9.0, 4.0)), &p), Verdict::Inconsistent);
+        assert_eq!(judged(&group(&SQUARE, (4.0, 9.0)), &p), Verdict::Inconsistent);
+        assert_eq!(judged(&group(&SQUARE, (9.0, 4.0)), &p), Verdict::Inconsistent);
     }
 
     #[test]
     fn collinear_samples_have_zero_det() {
         let p = Params::new(1e9, 0.0, 1.0).unwrap();
         let samples = [(1.0, 2.0), (2.0, 4.0), (3.0, 6.0)];
-        assert_eq!(judge(&group(&samples, (9.0, 9.0)), &p), Verdict::DetZero);
+        assert_eq!(judged(&group(&samples, (9.0, 9.0)), &p), Verdict::DetZero);
         let nearly = [(0.1, 0.3), (0.2, 0.6), (0.7, 2.1)];
-        assert_eq!(judge(&group(&nearly, (9.0, 9.0)), &p), Verdict::DetZero);
+        assert_eq!(judged(&group(&nearly, (9.0, 9.0)), &p), Verdict::DetZero);
     }
 
     #[test]
     fn groups_need_one_refined_and_two_samples() {
         let p = Params::new(50.0, 0.0, 1.0).unwrap();
-        assert_eq!(judge(&group(&SQUARE[..1], (9.0, 9.0)), &p), Verdict::Malformed);
+        assert_eq!(judged(&group(&SQUARE[..1], (9.0, 9.0)), &p), Verdict::Malformed);
         let mut two = group(&SQUARE, (9.0, 9.0));
         two.push(Response { id: 99, a: 8.0, b: 8.0, refined: true, missing: false });
-        assert_eq!(judge(&two, &p), Verdict::Malformed);
+        assert_eq!(judged(&two, &p), Verdict::Malformed);
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! sorted or grouped, else regrouped), then makes two parallel passes over the groups:
 //! the first judges each group and counts its pairs, the second writes the pairs into
 //! outputs allocated at their exact size.
+//!
+//! Groups of up to 16 rows (the usual case) take a fast path in `group`: rows read once
+//! into a stack array, most groups decided by their counts and maxima alone (an `Outline`),
+//! the rest ordered by response id and judged, pairs found by comparing each couple once.
+//! Larger or irregular groups take the general path; both give identical results.
 
 mod columns;
 mod error;

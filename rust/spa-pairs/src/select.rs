@@ -5,8 +5,8 @@
 
 use rayon::prelude::*;
 
-use crate::group::{count_pairs, for_each_pair, judge, Verdict};
-use crate::layout::{group, Grouping, Groups, NotGrouped, SortedRows, PREFETCH_GROUPS};
+use crate::group::{count_pairs, for_each_pair, judge, Outline, Response, Small, Verdict};
+use crate::layout::{group, Group, Grouping, Groups, NotGrouped, SortedRows, PREFETCH_GROUPS};
 use crate::memory;
 use crate::{Columns, CoreError, Params, ResponseId, Score};
 
@@ -71,9 +71,7 @@ pub struct Selection {
 /// A kept group, as pass 1 leaves it for pass 2.
 #[derive(Debug, Clone, Copy)]
 struct Kept {
-    group: usize,
-    prompt_id: i64,
-    pairs: u64,
+    group: Group,
     /// The group's gaps added left to right in output order.
     gap_sum: f64,
 }
@@ -102,7 +100,8 @@ pub fn select_pairs<R: ResponseId, S: Score>(
     }
     match group(cols)? {
         Grouping::InPlace(groups) => select_groups(&groups, &params, stats),
-        Grouping::Packed(groups) => select_groups(&groups, &params, stats),
+        Grouping::Narrow(groups) => select_groups(&groups, &params, stats),
+        Grouping::Wide(groups) => select_groups(&groups, &params, stats),
     }
     .unwrap_or_else(|NotGrouped| unreachable!("regrouped rows are grouped"))
 }
@@ -114,55 +113,70 @@ fn select_groups(
     mut stats: Stats,
 ) -> Result<Result<Selection, CoreError>, NotGrouped> {
     // Pass 1: judge every group, count its pairs and sum its gaps.
-    let blocks: Vec<Block> = (0..groups.blocks())
+    let mut blocks: Vec<Block> = (0..groups.blocks())
         .into_par_iter()
         .map_init(Vec::new, |buf, b| {
             let mut out = Block::default();
+            let mut small = Small::new();
             let visited = groups.visit_block(b, |g| {
                 out.stats.groups_in += 1;
-                match groups.load(g, buf) {
-                    Err(e) => out.error = CoreError::first(out.error.take(), Some(e)),
-                    Ok(missing) => {
-                        out.stats.dropped_missing += missing;
-                        let st = &mut out.stats;
-                        match judge(buf, params) {
-                            Verdict::Malformed => st.dropped_malformed += 1,
-                            Verdict::Inconsistent => st.dropped_consistency += 1,
-                            Verdict::DetZero => st.dropped_det_zero += 1,
-                            Verdict::DetAboveRho => st.dropped_det_above_rho += 1,
-                            Verdict::Kept => {
-                                let (pairs, gap_sum) = count_pairs(buf, params.delta);
-                                let prompt_id = groups.prompt_id(g);
-                                out.kept.push(Kept { group: g, prompt_id, pairs, gap_sum });
-                                st.groups_kept += 1;
-                                st.pairs += pairs;
-                            }
+                let (missing, outline, fast) = match groups.load_small(g, &mut small) {
+                    Some((missing, outline)) => (missing, outline, true),
+                    None => match groups.load(g, buf) {
+                        Ok(missing) => (missing, Outline::of(buf), false),
+                        Err(e) => {
+                            out.error = CoreError::first(out.error.take(), Some(e));
+                            return;
                         }
+                    },
+                };
+                let st = &mut out.stats;
+                st.dropped_missing += missing;
+                // Most groups are decided by their outline, before their rows are ordered.
+                let verdict = outline.screen();
+                let (verdict, group) = match verdict {
+                    Some(v) => (v, None),
+                    None => {
+                        let group = if fast { small.scored_rows() } else { buf.as_slice() };
+                        (judge(group, &outline, params), Some(group))
+                    }
+                };
+                match verdict {
+                    Verdict::Malformed => st.dropped_malformed += 1,
+                    Verdict::Inconsistent => st.dropped_consistency += 1,
+                    Verdict::DetZero => st.dropped_det_zero += 1,
+                    Verdict::DetAboveRho => st.dropped_det_above_rho += 1,
+                    Verdict::Kept => {
+                        let group = group.expect("a kept group was judged on its rows");
+                        let (pairs, gap_sum) = count_pairs(group, params.delta);
+                        out.kept.push(Kept { group: g, gap_sum });
+                        st.groups_kept += 1;
+                        st.pairs += pairs;
                     }
                 }
             });
             visited.map(|()| out)
         })
         .collect::<Result<_, NotGrouped>>()?;
-    let mut kept = Vec::with_capacity(blocks.iter().map(|b| b.kept.len()).sum());
     let mut error = None;
-    for block in blocks {
+    for block in &mut blocks {
         stats = stats.merge(block.stats);
-        error = CoreError::first(error, block.error);
-        kept.extend(block.kept);
+        error = CoreError::first(error, block.error.take());
     }
     if let Some(e) = error {
         return Ok(Err(e));
     }
+    // Kept groups stay in their blocks (blocks in order): no merged copy.
+    let kept = || blocks.iter().flat_map(|b| b.kept.iter());
 
     // The mean gap: kept groups' sums added in ascending prompt id, left to right.
     let n_pairs = stats.pairs as usize;
-    let total: f64 = kept.iter().fold(0.0, |acc, k| acc + k.gap_sum);
+    let total: f64 = kept().fold(0.0, |acc, k| acc + k.gap_sum);
     let weigh = Weigher::new(total, n_pairs, params.alpha);
 
-    // Pass 2: fill the outputs, each task a run of kept groups and its own slice of them.
+    // Pass 2: fill the outputs, each task a block's kept groups and its own slice of them.
     let mut out = Selection {
-        kept_prompt_ids: kept.iter().map(|k| k.prompt_id).collect(),
+        kept_prompt_ids: kept().map(|k| k.group.prompt_id).collect(),
         prompt_id: memory::zeros(n_pairs),
         chosen_id: memory::zeros(n_pairs),
         rejected_id: memory::zeros(n_pairs),
@@ -170,8 +184,7 @@ fn select_groups(
         weight: memory::zeros(n_pairs),
         stats,
     };
-    let per_task = (n_pairs / (rayon::current_num_threads() * 16)).max(4096) as u64;
-    let mut tasks = Vec::new();
+    let mut tasks = Vec::with_capacity(blocks.len());
     let mut rest = OutSlices {
         prompt_id: &mut out.prompt_id,
         chosen_id: &mut out.chosen_id,
@@ -179,26 +192,22 @@ fn select_groups(
         gap: &mut out.gap,
         weight: &mut out.weight,
     };
-    let (mut first, mut pairs) = (0usize, 0u64);
-    for (i, k) in kept.iter().enumerate() {
-        pairs += k.pairs;
-        if pairs >= per_task || i + 1 == kept.len() {
-            let (head, tail) = rest.split_at(pairs as usize);
-            tasks.push((&kept[first..=i], head));
-            rest = tail;
-            (first, pairs) = (i + 1, 0);
-        }
+    for block in blocks.iter().filter(|b| b.stats.pairs > 0) {
+        let (head, tail) = rest.split_at(block.stats.pairs as usize);
+        tasks.push((block.kept.as_slice(), head));
+        rest = tail;
     }
     tasks.into_par_iter().for_each_init(Vec::new, |buf, (run, slices)| {
         let mut at = 0;
+        let mut small = Small::new();
         for (i, k) in run.iter().enumerate() {
             // Kept groups are scattered: fetch a few ahead.
             if let Some(ahead) = run.get(i + PREFETCH_GROUPS) {
-                groups.prefetch(ahead.group);
+                groups.prefetch(ahead.group.handle);
             }
-            let pid = k.prompt_id;
-            groups.load(k.group, buf).expect("pass 1 read this group without error");
-            for_each_pair(buf, params.delta, |plus, minus, gap| {
+            let pid = k.group.prompt_id;
+            let group = read_group(groups, k.group, &mut small, buf);
+            for_each_pair(group, params.delta, |plus, minus, gap| {
                 slices.prompt_id[at] = pid;
                 slices.chosen_id[at] = plus.id;
                 slices.rejected_id[at] = minus.id;
@@ -210,6 +219,22 @@ fn select_groups(
         debug_assert_eq!(at, slices.prompt_id.len());
     });
     Ok(Ok(out))
+}
+
+/// A kept group's scored rows in ascending response id, through the fast path where it
+/// applies (into `small`), else the general one (into `buf`).
+#[inline(always)]
+fn read_group<'b>(
+    groups: &impl Groups,
+    g: Group,
+    small: &'b mut Small,
+    buf: &'b mut Vec<Response>,
+) -> &'b [Response] {
+    if groups.load_small(g, small).is_some() {
+        return small.scored_rows();
+    }
+    groups.load(g, buf).expect("pass 1 read this group without error");
+    buf.as_slice()
 }
 
 /// Disjoint mutable windows of the five pair columns.

@@ -1,8 +1,8 @@
 //! Groups read from the caller's columns, through runs or a permutation of row indices.
 
-use super::{visit_indexed, Groups, NotGrouped, BLOCK};
-use crate::group::{load, Response};
-use crate::{memory, Columns, CoreError, ResponseId, Score};
+use super::{visit_indexed, Group, Groups, NotGrouped, BLOCK};
+use crate::group::Row;
+use crate::{memory, Columns, ResponseId, Score};
 
 /// Row indices of the groups, into the caller's columns.
 pub(crate) enum RowIndex {
@@ -42,14 +42,26 @@ impl<R: ResponseId, S: Score> Groups for InPlace<'_, '_, R, S> {
         self.len().div_ceil(BLOCK)
     }
 
-    fn visit_block(&self, b: usize, f: impl FnMut(usize)) -> Result<(), NotGrouped> {
-        visit_indexed(self, self.len(), b, f);
+    fn visit_block(&self, b: usize, f: impl FnMut(Group)) -> Result<(), NotGrouped> {
+        let prompt_id = |g| self.cols.prompt_id[self.first_row(g)];
+        match &self.index {
+            RowIndex::Runs { runs } => {
+                visit_indexed(self, runs.len(), b, |g| runs[g].1 - runs[g].0, prompt_id, f)
+            }
+            RowIndex::Gathered { starts, .. } => {
+                let rows = |g: usize| (starts[g + 1] - starts[g]) as usize;
+                visit_indexed(self, starts.len() - 1, b, rows, prompt_id, f)
+            }
+        }
         Ok(())
     }
 
-    #[inline]
-    fn prompt_id(&self, g: usize) -> i64 {
-        self.cols.prompt_id[self.first_row(g)]
+    #[inline(always)]
+    fn row(&self, g: usize, i: usize) -> Row {
+        match &self.index {
+            RowIndex::Runs { runs } => self.cols.row(runs[g].0 + i),
+            RowIndex::Gathered { perm, starts } => self.cols.row(perm[starts[g] as usize + i] as usize),
+        }
     }
 
     #[inline]
@@ -61,19 +73,6 @@ impl<R: ResponseId, S: Score> Groups for InPlace<'_, '_, R, S> {
                 perm[starts[g] as usize..starts[g + 1] as usize]
                     .iter()
                     .for_each(|&i| prefetch_row(cols, i as usize));
-            }
-        }
-    }
-
-    #[inline]
-    fn load(&self, g: usize, buf: &mut Vec<Response>) -> Result<u64, CoreError> {
-        let cols = self.cols;
-        let pid = self.prompt_id(g);
-        match &self.index {
-            RowIndex::Runs { runs } => load(pid, (runs[g].0..runs[g].1).map(|i| cols.row(i)), buf),
-            RowIndex::Gathered { perm, starts } => {
-                let rows = &perm[starts[g] as usize..starts[g + 1] as usize];
-                load(pid, rows.iter().map(|&i| cols.row(i as usize)), buf)
             }
         }
     }

@@ -5,10 +5,11 @@
 //!   descending prompt id, and the rows are grouped by one of the ways below.
 //! * Rows that arrive grouped but not sorted (each prompt's rows contiguous) are read in
 //!   place too: one pass over `prompt_id` finds the runs, then the runs are sorted.
-//! * Scattered rows with dense prompt ids (range below the row count) are copied into group
-//!   order by a two-level parallel counting sort, each compacted to 12 bytes (f32 scores,
-//!   31-bit id: used only when exact for every row), so that the passes over groups read
-//!   memory sequentially.
+//! * Scattered rows with dense prompt ids (range below the row count) are copied into
+//!   partitions of consecutive prompt ids, each row compacted to 8 bytes (integer scores)
+//!   or 12 (scores exact as f32), response ids within ±2^16: used only when exact for
+//!   every row. Pass 1 sorts each partition by prompt id while it is in cache (level 2 of
+//!   a two-level counting sort), so that every pass reads memory sequentially.
 //! * Otherwise (sparse ids, or values that do not fit the compact row) a permutation of
 //!   32-bit row indices groups the rows, and the passes gather through it.
 
@@ -18,10 +19,10 @@ mod regroup;
 mod runs;
 mod sorted;
 
-use crate::group::Response;
+use crate::group::{self, Outline, Response, Row, Small};
 use crate::{Columns, CoreError, ResponseId, Score};
 use in_place::{InPlace, RowIndex};
-use packed::{pack, Packed};
+use packed::{pack, Narrow, Packed, Wide};
 use regroup::{comparison_sort, permutation, Histogram};
 use runs::{ordered_runs, scan_runs};
 pub(crate) use sorted::SortedRows;
@@ -30,22 +31,43 @@ pub(crate) use sorted::SortedRows;
 #[derive(Debug)]
 pub(crate) struct NotGrouped;
 
+/// One prompt group as a grouping hands it out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Group {
+    /// Where the grouping finds it (its index, or its first row).
+    pub(crate) handle: usize,
+    /// Its number of rows (missing scores included).
+    pub(crate) rows: usize,
+    pub(crate) prompt_id: i64,
+}
+
 /// Groups in ascending prompt id, each readable on its own (from any thread).
 ///
-/// A group is named by a handle (its index, or its first row); pass 1 visits the groups
-/// block by block, so that each block is a unit of parallel work.
+/// Pass 1 visits the groups block by block, each block a unit of parallel work; pass 2
+/// reads the kept ones again by their [`Group`].
 pub(crate) trait Groups: Sync {
     /// Number of blocks.
     fn blocks(&self) -> usize;
-    /// Call `f(handle)` for the groups of block `b`, in order. The blocks' groups,
-    /// concatenated, are all groups in ascending prompt id.
-    fn visit_block(&self, b: usize, f: impl FnMut(usize)) -> Result<(), NotGrouped>;
-    /// The prompt id of a group.
-    fn prompt_id(&self, handle: usize) -> i64;
-    /// A group's scored rows into `buf` (see [`load`]); returns its rows with a missing score.
-    fn load(&self, handle: usize, buf: &mut Vec<Response>) -> Result<u64, CoreError>;
-    /// Hint that a group will be loaded soon (where groups are not read in memory order).
+    /// Call `f` for the groups of block `b`, in order. The blocks' groups, concatenated,
+    /// are all groups in ascending prompt id. Each block is visited at most once.
+    fn visit_block(&self, b: usize, f: impl FnMut(Group)) -> Result<(), NotGrouped>;
+    /// Row `i` of a visited group (`i < rows`), in the group's stored order.
+    fn row(&self, handle: usize, i: usize) -> Row;
+    /// Hint that a group will be read soon (where groups are not read in memory order).
     fn prefetch(&self, handle: usize);
+
+    /// A group's scored rows into `buf` (see [`group::load`]); returns its rows with a
+    /// missing score.
+    #[inline]
+    fn load(&self, g: Group, buf: &mut Vec<Response>) -> Result<u64, CoreError> {
+        group::load(g.prompt_id, (0..g.rows).map(|i| self.row(g.handle, i)), buf)
+    }
+
+    /// A group's rows into `small` by the fast path (see [`group::load_small`]).
+    #[inline(always)]
+    fn load_small(&self, g: Group, small: &mut Small) -> Option<(u64, Outline)> {
+        group::load_small(g.rows, (0..g.rows).map(|i| self.row(g.handle, i)), small)
+    }
 }
 
 /// Groups per block of an indexed grouping.
@@ -54,21 +76,32 @@ const BLOCK: usize = 2048;
 /// How many groups ahead a visit prefetches.
 pub(crate) const PREFETCH_GROUPS: usize = 4;
 
-/// `visit_block` for groupings whose handles are the group indices `0..len`.
-fn visit_indexed(groups: &impl Groups, len: usize, b: usize, mut f: impl FnMut(usize)) {
+/// `visit_block` for groupings whose handles are the group indices `0..len`, group g
+/// having `rows(g)` rows and prompt id `prompt_id(g)`.
+fn visit_indexed(
+    groups: &impl Groups,
+    len: usize,
+    b: usize,
+    rows: impl Fn(usize) -> usize,
+    prompt_id: impl Fn(usize) -> i64,
+    mut f: impl FnMut(Group),
+) {
     let end = ((b + 1) * BLOCK).min(len);
     for g in b * BLOCK..end {
         if g + PREFETCH_GROUPS < end {
             groups.prefetch(g + PREFETCH_GROUPS);
         }
-        f(g);
+        f(Group { handle: g, rows: rows(g), prompt_id: prompt_id(g) });
     }
 }
 
 /// How the caller's columns are grouped.
 pub(crate) enum Grouping<'c, 'a, R, S> {
     InPlace(InPlace<'c, 'a, R, S>),
-    Packed(Packed),
+    /// Integer scores, 8 bytes a row.
+    Narrow(Packed<Narrow>),
+    /// Scores exact as f32, 12 bytes a row.
+    Wide(Packed<Wide>),
 }
 
 /// Group the rows of non-empty columns that are not sorted by prompt id.
@@ -92,11 +125,14 @@ pub(crate) fn group<'c, 'a, R: ResponseId, S: Score>(
         return in_place(comparison_sort(pid));
     }
     let keys = range as usize + 1;
-    match pack(cols, scan.min, keys) {
-        Some(packed) => Ok(Grouping::Packed(packed)),
-        // A score or id that the compact row cannot hold exactly: keep row indices instead.
-        None => in_place(permutation(pid, Histogram::new(pid, scan.min, keys))),
+    if let Some(packed) = pack(cols, scan.min, keys) {
+        return Ok(Grouping::Narrow(packed));
     }
+    if let Some(packed) = pack(cols, scan.min, keys) {
+        return Ok(Grouping::Wide(packed));
+    }
+    // A score or id that no compact row holds exactly: keep row indices instead.
+    in_place(permutation(pid, Histogram::new(pid, scan.min, keys)))
 }
 
 #[cfg(test)]
@@ -107,14 +143,14 @@ mod tests {
     fn listing(groups: &impl Groups) -> Vec<(i64, Vec<i64>)> {
         let mut handles = Vec::new();
         for b in 0..groups.blocks() {
-            groups.visit_block(b, |h| handles.push(h)).unwrap();
+            groups.visit_block(b, |g| handles.push(g)).unwrap();
         }
         let mut buf = Vec::new();
         handles
             .into_iter()
-            .map(|h| {
-                groups.load(h, &mut buf).unwrap();
-                (groups.prompt_id(h), buf.iter().map(|r| r.id).collect())
+            .map(|g| {
+                groups.load(g, &mut buf).unwrap();
+                (g.prompt_id, buf.iter().map(|r| r.id).collect())
             })
             .collect()
     }
@@ -127,7 +163,8 @@ mod tests {
             return ("sorted", listing(&sorted));
         }
         match group(&cols).unwrap() {
-            Grouping::Packed(p) => ("packed", listing(&p)),
+            Grouping::Narrow(p) => ("narrow", listing(&p)),
+            Grouping::Wide(p) => ("wide", listing(&p)),
             Grouping::InPlace(g) => (
                 match g.index {
                     RowIndex::Runs { .. } => "runs",
@@ -143,8 +180,10 @@ mod tests {
         let rid = [0, 1, 2, 3, 4, 5, 6, 7];
         let ones = [1.0; 8];
         let (how, groups) = grouping_of(&[2, -1, 2, 0, -1], &rid[..5], &ones[..5]);
-        assert_eq!((how, groups), ("packed", vec![(-1, vec![1, 4]), (0, vec![3]), (2, vec![0, 2])]));
-        // 0.1 is not exact as f32: the same groups through a permutation.
+        assert_eq!((how, groups), ("narrow", vec![(-1, vec![1, 4]), (0, vec![3]), (2, vec![0, 2])]));
+        // 0.5 is not an integer but is exact as f32; 0.1 is neither: a permutation.
+        let (how, groups) = grouping_of(&[2, -1, 2, 0, -1], &rid[..5], &[0.5; 5]);
+        assert_eq!((how, groups), ("wide", vec![(-1, vec![1, 4]), (0, vec![3]), (2, vec![0, 2])]));
         let (how, groups) = grouping_of(&[2, -1, 2, 0, -1], &rid[..5], &[0.1; 5]);
         assert_eq!((how, groups), ("gathered", vec![(-1, vec![1, 4]), (0, vec![3]), (2, vec![0, 2])]));
         // Sparse ids: sorted (prompt id, row) pairs.
@@ -158,7 +197,7 @@ mod tests {
         let (how, groups) = grouping_of(&[9, 9, 9, 1, 1, 9, 9, 9], &rid, &ones);
         assert_eq!((how, groups), ("gathered", vec![(1, vec![3, 4]), (9, vec![0, 1, 2, 5, 6, 7])]));
         let (how, groups) = grouping_of(&[3, 3, 3, 1, 1, 3, 3, 3], &rid, &ones);
-        assert_eq!((how, groups), ("packed", vec![(1, vec![3, 4]), (3, vec![0, 1, 2, 5, 6, 7])]));
+        assert_eq!((how, groups), ("narrow", vec![(1, vec![3, 4]), (3, vec![0, 1, 2, 5, 6, 7])]));
     }
 
     #[test]

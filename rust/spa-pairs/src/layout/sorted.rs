@@ -3,9 +3,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::in_place::prefetch_row;
-use super::{Groups, NotGrouped};
-use crate::group::{load, Response};
-use crate::{Columns, CoreError, ResponseId, Score};
+use super::{Group, Groups, NotGrouped};
+use crate::group::{self, Outline, Row, Small, SMALL};
+use crate::{Columns, ResponseId, Score};
 
 /// Rows sorted by prompt id, read in place; a group is named by its first row.
 pub(crate) struct SortedRows<'c, 'a, R, S> {
@@ -17,17 +17,11 @@ pub(crate) struct SortedRows<'c, 'a, R, S> {
 impl<'c, 'a, R: ResponseId, S: Score> SortedRows<'c, 'a, R, S> {
     /// Rows per block.
     const ROWS: usize = 1 << 14;
+    /// How many rows ahead of the group being read the columns are prefetched.
+    const AHEAD: usize = 256;
 
     pub(crate) fn new(cols: &'c Columns<'a, R, S>) -> Self {
         Self { cols, unsorted: AtomicBool::new(false) }
-    }
-
-    /// One past the last row of the group starting at `start`.
-    #[inline]
-    fn end(&self, start: usize) -> usize {
-        let pid = self.cols.prompt_id;
-        let p = pid[start];
-        start + 1 + pid[start + 1..].iter().take_while(|&&q| q == p).count()
     }
 }
 
@@ -37,7 +31,7 @@ impl<R: ResponseId, S: Score> Groups for SortedRows<'_, '_, R, S> {
     }
 
     /// The groups that start in rows `b * ROWS..(b + 1) * ROWS`.
-    fn visit_block(&self, b: usize, mut f: impl FnMut(usize)) -> Result<(), NotGrouped> {
+    fn visit_block(&self, b: usize, mut f: impl FnMut(Group)) -> Result<(), NotGrouped> {
         let pid = self.cols.prompt_id;
         let hi = ((b + 1) * Self::ROWS).min(pid.len());
         let mut start = b * Self::ROWS;
@@ -50,15 +44,16 @@ impl<R: ResponseId, S: Score> Groups for SortedRows<'_, '_, R, S> {
                 self.unsorted.store(true, Ordering::Relaxed);
                 return Err(NotGrouped);
             }
-            f(start);
-            start = self.end(start);
+            // Sequential, but five streams that cross pages often: fetch ahead of them.
+            if start + Self::AHEAD < pid.len() {
+                prefetch_row(self.cols, start + Self::AHEAD);
+            }
+            let p = pid[start];
+            let end = start + 1 + pid[start + 1..].iter().take_while(|&&q| q == p).count();
+            f(Group { handle: start, rows: end - start, prompt_id: p });
+            start = end;
         }
         Ok(())
-    }
-
-    #[inline]
-    fn prompt_id(&self, start: usize) -> i64 {
-        self.cols.prompt_id[start]
     }
 
     #[inline]
@@ -66,9 +61,21 @@ impl<R: ResponseId, S: Score> Groups for SortedRows<'_, '_, R, S> {
         prefetch_row(self.cols, start);
     }
 
-    #[inline]
-    fn load(&self, start: usize, buf: &mut Vec<Response>) -> Result<u64, CoreError> {
-        let cols = self.cols;
-        load(cols.prompt_id[start], (start..self.end(start)).map(|i| cols.row(i)), buf)
+    #[inline(always)]
+    fn row(&self, start: usize, i: usize) -> Row {
+        self.cols.row(start + i)
+    }
+
+    #[inline(always)]
+    fn load_small(&self, g: Group, small: &mut Small) -> Option<(u64, Outline)> {
+        let c = self.cols;
+        let range = g.handle..g.handle + g.rows.min(SMALL);
+        let it = c.response_id[range.clone()].iter().zip(&c.score_a[range.clone()]);
+        let it = it.zip(&c.score_b[range.clone()]).zip(&c.is_refined[range]);
+        group::load_small(
+            g.rows,
+            it.map(|(((id, a), b), r)| (id.to_i64(), a.to_f64(), b.to_f64(), *r)),
+            small,
+        )
     }
 }
