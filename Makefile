@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR ?= $(SPA_CACHE)/cargo-target
 UV ?= uv
 RUN := $(UV) run --no-sync
 
-.PHONY: help setup run test test-fast test-rust test-operator kube-testenv crds bench clean
+.PHONY: help setup run test lint test-fast test-rust test-operator kube-testenv crds bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -19,9 +19,13 @@ setup: ## Install uv if needed, then every dependency, the embedded model and th
 run: setup ## Set up, then run the whole SPA loop on the embedded model (examples/local.yaml)
 	$(RUN) spa run examples/local.yaml
 
-test: setup kube-testenv ## Set up, then run every test suite (Rust, Python, operator on a real API server)
+test: setup kube-testenv lint ## Set up, then run every test suite (Rust, Python, operator on a real API server)
 	cd rust && cargo test --workspace --exclude spa-py --quiet
 	SPA_REQUIRE_KUBE=1 $(RUN) pytest
+
+lint: ## Rust format and clippy; the native module's type stub against the built module
+	cd rust && cargo fmt --all --check && cargo clippy --workspace --all-targets --quiet -- -D warnings
+	$(RUN) python -m mypy.stubtest spa_core._native
 
 test-fast: ## Python tests without the slow end-to-end and server tests
 	$(RUN) pytest -m "not slow and not server"

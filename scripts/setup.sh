@@ -11,6 +11,10 @@ if ! command -v uv >/dev/null 2>&1; then
   export PATH="$HOME/.local/bin:$PATH"
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo (Rust) is required to build the native module: https://rustup.rs" >&2; exit 1; }
+# `make lint` needs rustfmt and clippy; rustup installs them where they are missing.
+if command -v rustup >/dev/null 2>&1; then
+  rustup component add rustfmt clippy >/dev/null 2>&1 || echo "setup: could not add rustfmt/clippy (make lint needs them)" >&2
+fi
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-${SPA_CACHE:-$HOME/.cache/spa}/cargo-target}"
 # --locked: the lock file is the pin; a stale lock fails here instead of drifting.
