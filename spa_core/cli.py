@@ -19,6 +19,7 @@ from spa_core.rundir import RunDir
 from spa_core.spec import SPAAlignmentRun, SpecError, load_run
 from spa_core.stages import STAGES, StageContext, stage_function
 from spa_core.summary import summary_table
+from spa_core.termination import stage_counts, write_termination_message
 
 app = typer.Typer(
     name="spa",
@@ -50,8 +51,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             FileNotFoundError)
 
 
+def _terminate_with(text: str) -> None:
+    """The container's termination message, when running under the operator."""
+    if problem := write_termination_message(text):  # never hides the stage's own outcome
+        console.print(f"[yellow]warning:[/] {problem}", highlight=False)
+
+
 def _fail(exc: BaseException) -> None:
     console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    _terminate_with(f"error: {exc}")
     raise typer.Exit(2 if isinstance(exc, SpecError) else 1)
 
 
@@ -84,9 +92,14 @@ def _stage_command(name: str) -> None:
     def command(spec: SpecArg, run_dir: RunDirOpt = None, iteration: IterationOpt = 0,
                 force: ForceOpt = False) -> None:
         try:
-            _run_stages(_context(spec, run_dir, iteration, force), [name])
+            ctx = _context(spec, run_dir, iteration, force)
+            _run_stages(ctx, [name])
         except _user_errors() as exc:
             _fail(exc)
+        except Exception as exc:
+            _terminate_with(f"{type(exc).__name__}: {exc}")
+            raise
+        _terminate_with(json.dumps({"stage": name, **stage_counts(ctx.root, iteration)}))
 
     command.__doc__ = {
         "prompts": "Read, validate and draw the seed prompts.",

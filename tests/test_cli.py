@@ -27,8 +27,9 @@ def write_spec(path: Path, **spec: object) -> Path:
     return path
 
 
-def spa(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
+def spa(*args: str, timeout: float = 900,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run([*SPA, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -55,6 +56,21 @@ def test_stage_before_its_input_exists_says_which_command_to_run(tmp_path: Path)
     out = spa("score", spec, "--run-dir", tmp_path / "run")
     assert out.returncode == 1
     assert "run `spa sample` first" in out.stderr
+
+
+def test_a_stage_leaves_its_counts_or_its_error_as_the_termination_message(
+        tmp_path: Path) -> None:
+    """What the operator reads from a finished (or failed) stage container."""
+    spec = write_spec(tmp_path / "run.yaml", prompts={"builtin": "honesty", "count": 3})
+    log = tmp_path / "termination-log"
+    env = {"SPA_TERMINATION_LOG": str(log)}
+    out = spa("prompts", spec, "--run-dir", tmp_path / "run", env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(log.read_text()) == {"stage": "prompts", "prompts": 3}
+
+    out = spa("score", spec, "--run-dir", tmp_path / "run", env=env)
+    assert out.returncode == 1
+    assert log.read_text().startswith("error: ") and "run `spa sample` first" in log.read_text()
 
 
 def test_unreachable_server_is_a_clear_error_and_nothing_is_marked_done(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from trl.import_utils import TRLExperimentalWarning
 
 from spa_core.spec import TrainingSpec
 from spa_core.training.data import PairsError, load_pairs, preference_dataset, sft_dataset
+from spa_core.training.distributed import training_arguments
 from spa_core.training.loss import spa_simpo_loss
 
 # CPOTrainer lives in trl.experimental, whose import warns that its API may change; the
@@ -276,6 +277,8 @@ def _common_args(
         report_to=report_to or "none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # FSDP / DeepSpeed from the file the operator mounts, when torchrun runs several.
+        **training_arguments(),
     )
 
 

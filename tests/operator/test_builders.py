@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -378,14 +379,22 @@ def test_headless_service_publishes_pods_before_they_are_ready() -> None:
     assert svc["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
 
 
-@pytest.mark.parametrize(("strategy", "file"), [("fsdp", "fsdp.yaml"),
+@pytest.mark.parametrize(("strategy", "file"), [("fsdp", "fsdp.json"),
                                                 ("deepspeed", "deepspeed.json")])
 def test_sharding_config_is_mounted_from_a_config_map(strategy: str, file: str) -> None:
     spec = make_spec(training={"nodes": 2, "gpusPerNode": 8, "strategy": strategy})
     cm = build_training_config_map(OWNER, spec, CONFIG)
     assert list(cm["data"]) == [file]
     (c,) = pod_spec(build_training_job(OWNER, spec, CONFIG, 0))["containers"]
-    assert env_of(c)["SPA_DISTRIBUTED_CONFIG"] == f"/spa/distributed/{file}"
+    mounted = env_of(c)["SPA_DISTRIBUTED_CONFIG"]
+    assert mounted == f"/spa/distributed/{file}"
+    # The trainer, under torchrun, turns the mounted file into its TrainingArguments.
+    from spa_core.training.distributed import training_arguments
+
+    args = training_arguments({"SPA_DISTRIBUTED_CONFIG": mounted, "WORLD_SIZE": "16"})
+    assert args == ({"fsdp": True, "fsdp_config": mounted} if strategy == "fsdp"
+                    else {"deepspeed": mounted})
+    assert json.loads(cm["data"][file])
 
 
 def test_cpu_training_requests_no_gpu() -> None:

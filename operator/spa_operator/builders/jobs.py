@@ -7,6 +7,7 @@ import posixpath
 from typing import Any
 
 from spa_core.spec import RunSpec
+from spa_core.termination import TERMINATION_LOG_ENV
 from spa_operator import names
 from spa_operator.builders.common import (
     HF_TOKEN_ENV,
@@ -39,10 +40,16 @@ def spec_path(config: OperatorConfig, key: str) -> str:
     return posixpath.join(config.spec_mount, key)
 
 
+#: Where Kubernetes reads a container's termination message (its default path).
+TERMINATION_LOG = "/dev/termination-log"
+
+
 def stage_env(spec: RunSpec) -> list[dict[str, Any]]:
-    """Environment of every stage container: Hub token (gated models and datasets)."""
+    """Environment of every stage container: Hub token (gated models and datasets), and
+    where the stage leaves its counts or its error for the operator to read."""
     return [
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": TERMINATION_LOG_ENV, "value": TERMINATION_LOG},
         *secret_env(HF_TOKEN_ENV, spec.model.token_secret_ref),
     ]
 

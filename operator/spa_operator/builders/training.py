@@ -12,9 +12,8 @@ import json
 import posixpath
 from typing import Any
 
-import yaml
-
 from spa_core.spec import RunSpec
+from spa_core.training.distributed import DISTRIBUTED_CONFIG_ENV, FILES, config_file
 from spa_operator import names
 from spa_operator.builders.common import (
     Owner,
@@ -32,7 +31,6 @@ from spa_operator.config import OperatorConfig
 __all__ = [
     "COMPLETION_INDEX_ANNOTATION",
     "COMPONENT",
-    "DISTRIBUTED_CONFIG_ENV",
     "build_training_config_map",
     "build_training_job",
     "build_training_service",
@@ -40,57 +38,18 @@ __all__ = [
 
 COMPONENT = "training"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-#: Tells the trainer which file holds the FSDP / DeepSpeed configuration.
-DISTRIBUTED_CONFIG_ENV = "SPA_DISTRIBUTED_CONFIG"
-_CONFIG_FILES = {"fsdp": "fsdp.yaml", "deepspeed": "deepspeed.json"}
-
-
-def _fsdp_config() -> dict[str, Any]:
-    """accelerate's FSDP settings: full sharding, transformer-block wrapping, sharded state."""
-    return {
-        "distributed_type": "FSDP",
-        "fsdp_config": {
-            "fsdp_version": 2,
-            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "fsdp_cpu_ram_efficient_loading": True,
-            "fsdp_offload_params": False,
-            "fsdp_reshard_after_forward": True,
-            "fsdp_state_dict_type": "SHARDED_STATE_DICT",
-            "fsdp_activation_checkpointing": False,
-        },
-        "mixed_precision": "bf16",
-    }
-
-
-def _deepspeed_config() -> dict[str, Any]:
-    """DeepSpeed ZeRO-3 with bf16; batch sizes follow the Trainer's (`auto`)."""
-    return {
-        "bf16": {"enabled": "auto"},
-        "zero_optimization": {
-            "stage": 3,
-            "overlap_comm": True,
-            "contiguous_gradients": True,
-            "stage3_gather_16bit_weights_on_model_save": True,
-        },
-        "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto",
-        "train_batch_size": "auto",
-        "train_micro_batch_size_per_gpu": "auto",
-    }
 
 
 def build_training_config_map(owner: Owner, spec: RunSpec,
                               config: OperatorConfig) -> dict[str, Any]:
     """ConfigMap `<run>-accelerate` with the sharding configuration the spec asks for."""
-    strategy = spec.training.strategy
-    content = yaml.safe_dump(_fsdp_config(), sort_keys=False) if strategy == "fsdp" \
-        else json.dumps(_deepspeed_config(), indent=2) + "\n"
+    file, content = config_file(spec.training.strategy)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": child_metadata(owner, names.training_config_map(owner.name), COMPONENT,
                                    None, spec),
-        "data": {_CONFIG_FILES[strategy]: content},
+        "data": {file: json.dumps(content, indent=2) + "\n"},
     }
 
 
@@ -136,7 +95,7 @@ def build_training_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
     st = storage(owner, spec, config)
     spec_vol, spec_mount = spec_volume(owner, config)
     shm, shm_mount = shm_volume(config)
-    dist_file = posixpath.join(config.distributed_mount, _CONFIG_FILES[tr.strategy])
+    dist_file = posixpath.join(config.distributed_mount, FILES[tr.strategy])
     resources: dict[str, Any] = {}
     if tr.gpus_per_node > 0:
         gpus = str(tr.gpus_per_node)

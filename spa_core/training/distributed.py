@@ -1,0 +1,81 @@
+"""Multi-GPU training settings: the files the operator mounts and what the trainer makes of them.
+
+The operator puts one file in the training pods, named by `SPA_DISTRIBUTED_CONFIG`:
+`fsdp.json` (transformers' `fsdp_config`: FSDP2, transformer-block wrapping, a full state
+dict on save so that `checkpoint-final` is plain safetensors vLLM can serve) or
+`deepspeed.json` (ZeRO-3, batch sizes `auto` from the Trainer). Under torchrun with more
+than one process, the trainer passes it to its TrainingArguments. Light: no torch import.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import PurePosixPath
+from typing import Any, Literal
+
+__all__ = [
+    "DISTRIBUTED_CONFIG_ENV",
+    "FILES",
+    "config_file",
+    "deepspeed_config",
+    "fsdp_config",
+    "training_arguments",
+]
+
+DISTRIBUTED_CONFIG_ENV = "SPA_DISTRIBUTED_CONFIG"
+Strategy = Literal["fsdp", "deepspeed"]
+FILES: dict[str, str] = {"fsdp": "fsdp.json", "deepspeed": "deepspeed.json"}
+
+
+def fsdp_config() -> dict[str, Any]:
+    """transformers' `fsdp_config` for FSDP2 full sharding."""
+    return {
+        "version": 2,
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "reshard_after_forward": True,
+        "cpu_ram_efficient_loading": True,
+        # Gathered on save: checkpoint-final is one safetensors model, not DCP shards.
+        "state_dict_type": "FULL_STATE_DICT",
+        "activation_checkpointing": False,
+    }
+
+
+def deepspeed_config() -> dict[str, Any]:
+    """DeepSpeed ZeRO-3 with bf16; batch sizes follow the Trainer's (`auto`)."""
+    return {
+        "bf16": {"enabled": "auto"},
+        "zero_optimization": {
+            "stage": 3,
+            "overlap_comm": True,
+            "contiguous_gradients": True,
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+    }
+
+
+def config_file(strategy: Strategy) -> tuple[str, dict[str, Any]]:
+    """(file name, content) of a strategy's configuration."""
+    return FILES[strategy], fsdp_config() if strategy == "fsdp" else deepspeed_config()
+
+
+def training_arguments(environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """TrainingArguments for the file in $SPA_DISTRIBUTED_CONFIG, when several processes run.
+
+    A single process (no torchrun, or one GPU) trains plainly; an unknown file name is an
+    error that names the variable, so a bad mount fails before the model loads.
+    """
+    env = os.environ if environ is None else environ
+    path = env.get(DISTRIBUTED_CONFIG_ENV)
+    if not path or int(env.get("WORLD_SIZE", "1")) <= 1:
+        return {}
+    name = PurePosixPath(path).name
+    if name == FILES["fsdp"]:
+        return {"fsdp": True, "fsdp_config": path}
+    if name == FILES["deepspeed"]:
+        return {"deepspeed": path}
+    raise ValueError(f"${DISTRIBUTED_CONFIG_ENV}={path!r}: expected a file named "
+                     f"{FILES['fsdp']!r} or {FILES['deepspeed']!r}")
