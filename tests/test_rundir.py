@@ -99,3 +99,18 @@ def test_force_redoes_a_finished_stage_even_with_the_same_config(tmp_path: Path)
     assert StageManifest.open(rd, "scores", chash).complete
     redo = StageManifest.open(rd, "scores", chash, force=True)
     assert not redo.complete and redo.shards == {}
+
+
+def test_a_model_given_as_a_uri_is_downloaded_once(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from spa_core.stages.context import remote_model_dir
+
+    monkeypatch.setenv("SPA_CACHE", str(tmp_path / "cache"))
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/models/run-1/iter-00/train/checkpoint-final/config.json", b'{"a": 1}')
+    uri = "memory://models/run-1/iter-00/train/checkpoint-final"
+    local = Path(remote_model_dir(uri) or "")
+    assert (local / "config.json").read_text() == '{"a": 1}'
+    assert remote_model_dir(uri) == str(local)  # cached
+    assert remote_model_dir("meta-llama/Llama-3.1-8B-Instruct") is None
+    assert remote_model_dir("embedded:smollm2-135m-instruct") is None

@@ -33,6 +33,14 @@ def iteration_dir(iteration: int) -> str:
     return f"iter-{iteration:02d}"
 
 
+def remote_model_dir(name: str) -> str | None:
+    """A local copy of a model given as a remote URI (`s3://bucket/.../checkpoint-final`)."""
+    if "://" not in name:
+        return None
+    parent, _, leaf = name.rstrip("/").rpartition("/")
+    return str(RunDir(parent).local_dir(leaf))
+
+
 @dataclass
 class StageContext:
     """A run, its directory, the iteration being worked on, and lazily built backends."""
@@ -54,9 +62,13 @@ class StageContext:
         return self.root.child(iteration_dir(self.iteration))
 
     def policy_path(self) -> str | None:
-        """The model this iteration samples from: the previous iteration's checkpoint, if any."""
+        """The model this iteration samples from: the previous iteration's checkpoint, if any.
+
+        In iteration 0, `model.name` given as an fsspec URI (a checkpoint another run
+        trained, as a schedule chains them) is downloaded; a Hub id or path is used as is.
+        """
         if self.iteration == 0:
-            return None
+            return remote_model_dir(self.spec.model.name)
         rel = f"{iteration_dir(self.iteration - 1)}/{CHECKPOINT}"
         if not self.root.exists(rel):
             raise FileNotFoundError(

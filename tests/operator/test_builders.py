@@ -253,11 +253,23 @@ def test_object_store_checkpoints_are_fetched_by_an_init_container() -> None:
                               "credentialsSecretRef": "s3-creds"})
     deployment = build_generator_deployment(OWNER, spec, CONFIG, 1)
     (fetch,) = pod_spec(deployment)["initContainers"]
-    assert fetch["command"][-3:] == ["s3://bucket/spa/harmless", "iter-00/train/checkpoint-final",
+    assert fetch["command"][-2:] == ["s3://bucket/spa/harmless/iter-00/train/checkpoint-final",
                                      "/spa/model/iter-00/train/checkpoint-final"]
     assert fetch["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
     assert arg(pod_spec(deployment)["containers"][0], "--model") == \
         "/spa/model/iter-00/train/checkpoint-final"
+
+
+def test_a_model_given_as_a_uri_is_fetched_before_iteration_0() -> None:
+    """How a schedule chains runs on object storage: the last run's checkpoint URI."""
+    model = "s3://bucket/spa/weekly-1/iter-00/train/checkpoint-final"
+    spec = make_spec(model={"name": model},
+                     storage={"pvc": None, "uri": "s3://bucket/spa/{name}",
+                              "credentialsSecretRef": "s3-creds"})
+    deployment = build_generator_deployment(OWNER, spec, CONFIG, 0)
+    (fetch,) = pod_spec(deployment)["initContainers"]
+    assert fetch["command"][-2:] == [model, "/spa/model/base"]
+    assert arg(pod_spec(deployment)["containers"][0], "--model") == "/spa/model/base"
 
 
 def test_service_selects_every_iterations_generator_pods() -> None:

@@ -37,26 +37,29 @@ __all__ = ["COMPONENT", "build_generator_deployment", "build_generator_service",
 COMPONENT = "generator"
 #: vLLM reads its API key from this variable (same as `--api-key`).
 VLLM_API_KEY_ENV = "VLLM_API_KEY"
+#: Copies the directory at URI argv[1] to argv[2] (credentials from the environment).
 _FETCH_SCRIPT = (
-    "import sys; from spa_core.rundir import RunDir; d = RunDir(sys.argv[1]); "
-    "d.fs.get(d.path(sys.argv[2]).rstrip('/') + '/', sys.argv[3].rstrip('/') + '/', "
-    "recursive=True)"
+    "import sys, fsspec; fs, src = fsspec.core.url_to_fs(sys.argv[1]); "
+    "fs.get(src.rstrip('/') + '/', sys.argv[2].rstrip('/') + '/', recursive=True)"
 )
 
 
 def policy_location(owner: Owner, spec: RunSpec, config: OperatorConfig,
                     iteration: int) -> tuple[str, str | None]:
-    """(model vLLM loads, run-relative checkpoint to fetch first or None) for `iteration`.
+    """(model vLLM loads, URI of a checkpoint to fetch there first or None) for `iteration`.
 
-    Iteration 0 serves `model.name`; iteration i serves the checkpoint iteration i-1 trained.
+    Iteration 0 serves `model.name` (fetched first when it is a URI, e.g. the checkpoint a
+    schedule's previous run trained); iteration i serves the checkpoint iteration i-1 trained.
     """
     st = storage(owner, spec, config)
     if iteration > 0:
         rel = f"{iteration_dir(iteration - 1)}/{CHECKPOINT}"
         if st.is_volume:
             return posixpath.join(st.run_dir, rel), None
-        return posixpath.join(config.model_mount, rel), rel
+        return posixpath.join(config.model_mount, rel), posixpath.join(st.run_dir, rel)
     model = spec.model
+    if "://" in model.name:
+        return posixpath.join(config.model_mount, "base"), model.name
     if model.name == EMBEDDED_MODEL:
         raise ClusterSpecError("model.name", f"{EMBEDDED_MODEL} runs only with `spa run`; in a "
                                "cluster use a Hugging Face model id or a path on storage.pvc")
@@ -98,14 +101,14 @@ def _gpu_resources(gpus: int) -> dict[str, Any]:
     return {"limits": {"nvidia.com/gpu": str(gpus)}, "requests": {"nvidia.com/gpu": str(gpus)}}
 
 
-def _fetch_container(st: Storage, rel: str, config: OperatorConfig) -> dict[str, Any]:
+def _fetch_container(st: Storage, source: str, target: str,
+                     config: OperatorConfig) -> dict[str, Any]:
     """Init container copying a trained checkpoint from object storage to the model volume."""
     return {
         "name": "fetch-model",
         "image": config.worker_image,
         **container_defaults(config),
-        "command": ["python", "-c", _FETCH_SCRIPT, st.run_dir, rel,
-                    posixpath.join(config.model_mount, rel)],
+        "command": ["python", "-c", _FETCH_SCRIPT, source, target],
         "envFrom": st.env_from,
         "volumeMounts": [{"name": "model", "mountPath": config.model_mount}],
     }
@@ -127,7 +130,7 @@ def build_generator_deployment(owner: Owner, spec: RunSpec, config: OperatorConf
     if fetch is not None:
         volumes.append({"name": "model", "emptyDir": {}})
         mounts.append({"name": "model", "mountPath": config.model_mount, "readOnly": True})
-        init_containers.append(_fetch_container(st, fetch, config))
+        init_containers.append(_fetch_container(st, fetch, model, config))
     env = [*secret_env(HF_TOKEN_ENV, spec.model.token_secret_ref),
            *secret_env(VLLM_API_KEY_ENV, gen.api_key_secret_ref)]
     container = {
