@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A real Kubernetes control plane on loopback for the operator tests (envtest-style: etcd and
-# kube-apiserver only; no scheduler, controllers or kubelet, so tests play those).
+# A real Kubernetes control plane on loopback for the operator tests (envtest-style: etcd,
+# kube-apiserver and the controller manager's garbage collector only; no scheduler, other
+# controllers or kubelet, so tests play those).
 #
 #   scripts/kube-testenv.sh build            build and cache the pinned binaries (once; slow)
 #   scripts/kube-testenv.sh start [DIR]      start etcd + kube-apiserver, write DIR/kubeconfig
@@ -15,8 +16,9 @@
 # ${SPA_CACHE:-~/.cache/spa}/kube/<k8s version>/bin, outside the repository.
 #
 # Environment: SPA_CACHE, KUBE_VERSION, ETCD_VERSION (pins below), KUBE_TESTENV_COMPONENTS
-# (what `build` builds; default "etcd kube-apiserver kubectl"; add
-# kube-controller-manager), KUBE_TESTENV_DIR (default DIR), KUBE_TESTENV_READY_TIMEOUT.
+# (what `build` builds; default "etcd kube-apiserver kubectl kube-controller-manager"; `start`
+# runs the controller manager, garbage collector only, when it is built), KUBE_TESTENV_DIR
+# (default DIR), KUBE_TESTENV_READY_TIMEOUT.
 set -euo pipefail
 
 KUBE_VERSION="${KUBE_VERSION:-1.36.3}"
@@ -25,7 +27,7 @@ SPA_CACHE="${SPA_CACHE:-$HOME/.cache/spa}"
 ROOT="$SPA_CACHE/kube/v$KUBE_VERSION"
 BIN="$ROOT/bin"
 STAGING_VERSION="v0.${KUBE_VERSION#1.}"
-COMPONENTS="${KUBE_TESTENV_COMPONENTS:-etcd kube-apiserver kubectl}"
+COMPONENTS="${KUBE_TESTENV_COMPONENTS:-etcd kube-apiserver kubectl kube-controller-manager}"
 
 log() { printf 'kube-testenv: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -226,6 +228,14 @@ cmd_start() {
 
     write_kubeconfig "$d" "$api_port"
     wait_ready "$d" "$api_port" "$(cat "$d/kube-apiserver.pid")"
+    if [[ -x "$BIN/kube-controller-manager" ]]; then
+        # Only the garbage collector: deleting an owner removes its children, as in a cluster.
+        setsid "$BIN/kube-controller-manager" --kubeconfig "$d/kubeconfig" \
+            --controllers garbagecollector --leader-elect=false \
+            --bind-address 127.0.0.1 --secure-port 0 \
+            >"$d/kube-controller-manager.log" 2>&1 </dev/null &
+        echo $! >"$d/kube-controller-manager.pid"
+    fi
     log "ready: https://127.0.0.1:$api_port (etcd :$etcd_port), KUBECONFIG=$d/kubeconfig"
     echo "$d/kubeconfig"
 }
@@ -244,6 +254,7 @@ stop_pid() {  # stop_pid PIDFILE
 
 cmd_stop() {
     local d="${1:-${KUBE_TESTENV_DIR:-$SPA_CACHE/kube/testenv}}"
+    stop_pid "$d/kube-controller-manager.pid"
     stop_pid "$d/kube-apiserver.pid"
     stop_pid "$d/etcd.pid"
     rm -rf "$d/etcd-data"

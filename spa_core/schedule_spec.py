@@ -8,13 +8,13 @@ module stays as cheap as importing spa_core.spec.
 from __future__ import annotations
 
 import zoneinfo
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from spa_core.spec import ObjectMeta, RunSpec, _Spec
+from spa_core.spec import ObjectMeta, RunSpec, SpecError, _format, _Spec
 
-__all__ = ["CRON_PATTERN", "SPAAlignmentSchedule", "ScheduleSpec"]
+__all__ = ["CRON_PATTERN", "SPAAlignmentSchedule", "ScheduleSpec", "parse_schedule"]
 
 _CRON_FIELD = r"[0-9A-Za-z*/,?-]+"
 #: Five cron fields (minute hour day-of-month month day-of-week) or a macro, as CronJob accepts.
@@ -71,3 +71,15 @@ class SPAAlignmentSchedule(_Spec):
     @property
     def name(self) -> str:
         return self.metadata.name
+
+
+def parse_schedule(document: dict[str, Any], *, source: str = "<spec>") -> SPAAlignmentSchedule:
+    """Validate a schedule document; raise SpecError naming every bad field and its bounds."""
+    if not isinstance(document, dict):
+        raise SpecError(f"{source}: expected a mapping with apiVersion, kind, metadata, spec")
+    try:
+        return SPAAlignmentSchedule.model_validate(document)
+    except ValidationError as exc:
+        raise SpecError(
+            f"{source}: invalid SPAAlignmentSchedule:\n{_format(exc, SPAAlignmentSchedule)}"
+        ) from None

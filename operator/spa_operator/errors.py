@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["ClusterSpecError"]
+from typing import Any
+
+__all__ = ["ClusterSpecError", "InvalidObject"]
 
 
 class ClusterSpecError(ValueError):
@@ -11,3 +13,12 @@ class ClusterSpecError(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"spec.{field}: {message}")
         self.field = field
+
+
+class InvalidObject(ValueError):
+    """A resource whose spec passed the CRD schema but can never run (a permanent error),
+    with the status that says so."""
+
+    def __init__(self, message: str, status: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.status = status

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -12,9 +13,15 @@ from kubernetes import client, config
 
 from spa_operator.cluster import Cluster
 from spa_operator.config import OperatorConfig
-from spa_operator.reconcile_run import InvalidRun, RunObject, reconcile_run
+from spa_operator.errors import InvalidObject
+from spa_operator.reconcile_run import RunObject, reconcile_run
+from spa_operator.reconcile_schedule import (
+    ScheduleCluster,
+    ScheduleObject,
+    reconcile_schedule,
+)
 
-__all__ = ["configure_operator", "login", "reconcile_handler"]
+__all__ = ["configure_operator", "login", "reconcile_handler", "reconcile_schedule_handler"]
 
 _PREFIX = "alignment.spa.dev"
 
@@ -34,12 +41,22 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 
 
 @cache
-def _cluster() -> Cluster:
+def _api_client() -> client.ApiClient:
     try:
         config.load_incluster_config()
-        return Cluster(client.ApiClient())
+        return client.ApiClient()
     except config.ConfigException:
-        return Cluster(config.new_client_from_config(config_file=os.environ.get("KUBECONFIG")))
+        return config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))
+
+
+@cache
+def _cluster() -> Cluster:
+    return Cluster(_api_client())
+
+
+@cache
+def _schedule_cluster() -> ScheduleCluster:
+    return ScheduleCluster(_api_client())
 
 
 @cache
@@ -60,7 +77,27 @@ def reconcile_handler(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger
 
     try:
         status = reconcile_run(run, _cluster(), _config(), post_event)
-    except InvalidRun as exc:
+    except InvalidObject as exc:
+        patch.status.update(exc.status)
+        raise kopf.PermanentError(str(exc)) from None
+    if status:
+        patch.status.update(status)
+
+
+def reconcile_schedule_handler(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
+    """One pass over a schedule: fire what is due, chain, prune; status into kopf's patch."""
+    meta = body["metadata"]
+    created = datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
+    obj = ScheduleObject(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"],
+                         generation=meta.get("generation", 1), created=created,
+                         spec=dict(body.get("spec") or {}), status=dict(body.get("status") or {}))
+
+    def post_event(kind: str, reason: str, message: str) -> None:
+        kopf.event(body, type=kind, reason=reason, message=message[:1024])
+
+    try:
+        status = reconcile_schedule(obj, _schedule_cluster(), post_event)
+    except InvalidObject as exc:
         patch.status.update(exc.status)
         raise kopf.PermanentError(str(exc)) from None
     if status:

@@ -14,9 +14,16 @@ from typing import Any
 import kopf
 
 from spa_operator import crd
-from spa_operator.handlers import configure_operator, login, reconcile_handler
+from spa_operator.handlers import (
+    configure_operator,
+    login,
+    reconcile_handler,
+    reconcile_schedule_handler,
+)
 
 RUN = {"group": "alignment.spa.dev", "version": crd.VERSION, "plural": crd.RUN_PLURAL}
+SCHEDULE = {"group": "alignment.spa.dev", "version": crd.VERSION,
+            "plural": crd.SCHEDULE_PLURAL}
 INTERVAL = float(os.environ.get("SPA_OPERATOR_RECONCILE_SECONDS", "10"))
 
 kopf.on.startup()(configure_operator)
@@ -33,3 +40,15 @@ def on_change(**kwargs: Any) -> None:
 @kopf.timer(**RUN, interval=INTERVAL, id="reconcile")
 def on_timer(**kwargs: Any) -> None:
     reconcile_handler(**kwargs)
+
+
+@kopf.on.resume(**SCHEDULE, id="resume")
+@kopf.on.create(**SCHEDULE, id="create")
+@kopf.on.update(**SCHEDULE, id="update")
+def on_schedule_change(**kwargs: Any) -> None:
+    reconcile_schedule_handler(**kwargs)
+
+
+@kopf.timer(**SCHEDULE, interval=INTERVAL, id="reconcile")
+def on_schedule_timer(**kwargs: Any) -> None:
+    reconcile_schedule_handler(**kwargs)

@@ -15,23 +15,15 @@ from spa_operator.builders import Owner, storage
 from spa_operator.cluster import Cluster
 from spa_operator.conditions import set_condition
 from spa_operator.config import OperatorConfig
-from spa_operator.errors import ClusterSpecError
+from spa_operator.errors import ClusterSpecError, InvalidObject
 from spa_operator.observe import pipeline_counts, pod_failure
 from spa_operator.plan import Step, plan
 
-__all__ = ["InvalidRun", "RunObject", "reconcile_run"]
+__all__ = ["RunObject", "reconcile_run"]
 
 #: post_event(type, reason, message)
 PostEvent = Callable[[str, str, str], None]
 TERMINAL = {"Succeeded", "Failed"}
-
-
-class InvalidRun(ValueError):
-    """The spec passed the CRD schema but not pydantic or the cluster checks (permanent)."""
-
-    def __init__(self, message: str, status: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -72,7 +64,7 @@ def reconcile_run(run: RunObject, cluster: Cluster, config: OperatorConfig,
                   post_event: PostEvent, now: datetime | None = None) -> dict[str, Any]:
     """Bring the run's children one step closer to its spec; return the status to write.
 
-    Raises InvalidRun (with the status to write) when the spec can never run.
+    Raises InvalidObject (with the status to write) when the spec can never run.
     """
     now = now or datetime.now(UTC)
     status = run.status
@@ -86,7 +78,7 @@ def reconcile_run(run: RunObject, cluster: Cluster, config: OperatorConfig,
     except (SpecError, ClusterSpecError) as exc:
         message = str(exc)
         post_event("Warning", "InvalidSpec", message)
-        raise InvalidRun(message, _failed_status(run, "InvalidSpec", message, now)) from None
+        raise InvalidObject(message, _failed_status(run, "InvalidSpec", message, now)) from None
 
     for obj in step.ensure:
         if cluster.create_if_absent(obj):

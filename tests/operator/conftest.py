@@ -54,3 +54,14 @@ def namespace(api_client: Any) -> str:
     name = f"t-{uuid.uuid4().hex[:10]}"
     client.CoreV1Api(api_client).create_namespace({"metadata": {"name": name}})
     return name
+
+
+@pytest.fixture
+def operator(kube: KubeTestEnv, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The real operator watching the test's namespace, reconciling every second."""
+    from operator_harness import running_operator
+
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    monkeypatch.setenv("SPA_OPERATOR_RECONCILE_SECONDS", "1")
+    with running_operator(namespace) as runner:
+        yield runner

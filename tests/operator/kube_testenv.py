@@ -44,7 +44,10 @@ class KubeTestEnv:
         if given := os.environ.get(KUBECONFIG_ENV):
             return cls(kubeconfig=Path(given))
         bins = binaries_dir()
-        missing = [b for b in ("etcd", "kube-apiserver") if not (bins / b).is_file()]
+        # The controller manager runs the garbage collector (deleting a run removes its
+        # children); kubectl checks what users see (`kubectl get spar`).
+        missing = [b for b in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+                   if not (bins / b).is_file()]
         if missing:
             raise KubeUnavailable(f"{', '.join(missing)} not built in {bins}: run "
                                   f"`scripts/kube-testenv.sh build` (about an hour on 2 cores)")

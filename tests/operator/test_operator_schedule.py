@@ -1,0 +1,84 @@
+"""SPAAlignmentSchedule with the real operator and API server: a firing creates an owned run,
+the next firing starts from the model the last successful run trained."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from operator_harness import GROUP, RUNS, SCHEDULES, VERSION, Kubelet, wait_for
+
+pytestmark = pytest.mark.kube
+
+TEMPLATE: dict[str, Any] = {
+    "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
+    "prompts": {"builtin": "harmlessness"},
+    "generator": {"backend": "openai", "gpus": 1},
+    "storage": {"pvc": "spa-runs"},
+    "scheduling": {"queueName": "gpu"},
+}
+
+
+def _stamp(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_schedule_fires_runs_that_chain_their_models(
+        operator: Any, api_client: Any, namespace: str) -> None:
+    kubelet = Kubelet(api_client, namespace)
+    custom = kubelet.custom
+    schedule = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, SCHEDULES, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "SPAAlignmentSchedule",
+        "metadata": {"name": "nightly"},
+        "spec": {"schedule": "* * * * *", "concurrencyPolicy": "Forbid",
+                 "runTemplate": TEMPLATE}})
+
+    def schedule_status() -> dict[str, Any]:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, SCHEDULES,
+                                                  "nightly")
+        return obj.get("status") or {}
+
+    def runs() -> list[dict[str, Any]]:
+        return custom.list_namespaced_custom_object(GROUP, VERSION, namespace, RUNS)["items"]
+
+    wait_for("the schedule's first status", lambda: schedule_status().get("conditions"))
+    # As if the schedule had last fired ten minutes ago: the current minute's firing is due.
+    custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, SCHEDULES, "nightly", {
+        "status": {"lastScheduleTime": _stamp(datetime.now(UTC) - timedelta(minutes=10))}})
+
+    (first,) = wait_for("a run", runs)
+    meta = first["metadata"]
+    (ref,) = meta["ownerReferences"]
+    assert (ref["kind"], ref["name"], ref["uid"]) == \
+        ("SPAAlignmentSchedule", "nightly", schedule["metadata"]["uid"])
+    assert meta["labels"]["alignment.spa.dev/schedule"] == "nightly"
+    assert first["spec"]["model"]["name"] == "meta-llama/Llama-3.1-8B-Instruct"
+    assert first["spec"]["scheduling"] == {"queueName": "gpu"}
+    wait_for("the run listed as active",
+             lambda: schedule_status().get("active") == [meta["name"]])
+
+    # The run goes through its stages (the test plays the kubelet) and succeeds.
+    name = meta["name"]
+    kubelet.make_available(f"{name}-generator-0")
+    kubelet.complete(f"{name}-pipeline-0")
+    kubelet.complete(f"{name}-train-0")
+    kubelet.complete(f"{name}-eval-0")
+    model = f"/spa/storage/runs/{name}/iter-00/train/checkpoint-final"
+    assert kubelet.wait_status(name, "Succeeded", lambda s: s.get("phase") == "Succeeded")[
+        "artifacts"]["model"] == model
+    status = wait_for("the success recorded",
+                      lambda: (s := schedule_status()).get("lastModel") == model and s)
+    assert status["lastSuccessfulRun"] == meta["name"]
+    assert meta["name"] not in status["active"]  # (the next minute's run may be there)
+
+    # The next minute's firing (held back while the first run was active: Forbid) starts
+    # from that model.
+    deadline = time.monotonic() + 75
+    second = wait_for("a second run", lambda: [r for r in runs()
+                                               if r["metadata"]["name"] != meta["name"]],
+                      timeout=max(deadline - time.monotonic(), 1))
+    assert second[0]["spec"]["model"] == {"name": model}
+    created = [e.message for e in kubelet.events("nightly") if e.reason == "Created"]
+    assert any(f"from {model}" in m for m in created), created
