@@ -82,3 +82,26 @@ def test_a_schedule_fires_runs_that_chain_their_models(
     assert second[0]["spec"]["model"] == {"name": model}
     created = [e.message for e in kubelet.events("nightly") if e.reason == "Created"]
     assert any(f"from {model}" in m for m in created), created
+
+
+def test_a_schedule_that_can_never_fire_says_why(
+        operator: Any, api_client: Any, namespace: str) -> None:
+    kubelet = Kubelet(api_client, namespace)
+    custom = kubelet.custom
+    # Five fields, as the CRD's pattern asks, but minute 61 does not exist.
+    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, SCHEDULES, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "SPAAlignmentSchedule",
+        "metadata": {"name": "never"},
+        "spec": {"schedule": "61 * * * *", "runTemplate": TEMPLATE}})
+
+    def ready() -> dict[str, Any] | None:
+        obj = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, SCHEDULES, "never")
+        return next((c for c in (obj.get("status") or {}).get("conditions") or []
+                     if c["type"] == "Ready"), None)
+
+    cond = wait_for("Ready condition", ready)
+    assert (cond["status"], cond["reason"]) == ("False", "InvalidSpec")
+    assert "spec.schedule" in cond["message"] and "61 * * * *" in cond["message"]
+    assert wait_for("a Warning event", lambda: [e for e in kubelet.events("never")
+                                                if e.type == "Warning"])
+    assert custom.list_namespaced_custom_object(GROUP, VERSION, namespace, RUNS)["items"] == []
