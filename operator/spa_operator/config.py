@@ -45,6 +45,10 @@ class OperatorConfig:
     """CPU request of the pipeline pod."""
     pipeline_memory: str = "4Gi"
     """Memory request (and limit) of the pipeline pod."""
+    metrics_port: int = 0
+    """Port of the Prometheus /metrics endpoint (0: none; the chart sets 8080)."""
+    network_policy: bool = False
+    """Give each run's generator a NetworkPolicy admitting only the run's pipeline pods."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> OperatorConfig:
@@ -52,7 +56,19 @@ class OperatorConfig:
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
-            raw = env.get(_ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                values[f.name] = int(raw) if f.type in ("int", int) else raw
+            name = _ENV_PREFIX + f.name.upper()
+            raw = env.get(name)
+            if raw is None:
+                continue
+            if f.type in ("bool", bool):
+                if raw.lower() not in ("true", "false"):
+                    raise ValueError(f"${name}={raw!r}: expected true or false")
+                values[f.name] = raw.lower() == "true"
+            elif f.type in ("int", int):
+                try:
+                    values[f.name] = int(raw)
+                except ValueError:
+                    raise ValueError(f"${name}={raw!r}: expected an integer") from None
+            else:
+                values[f.name] = raw
         return cls(**values)

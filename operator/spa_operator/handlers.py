@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
 import kopf
 from kubernetes import client, config
 
+from spa_operator import metrics
 from spa_operator.cluster import Cluster
 from spa_operator.config import OperatorConfig
 from spa_operator.errors import InvalidObject
@@ -21,9 +22,16 @@ from spa_operator.reconcile_schedule import (
     reconcile_schedule,
 )
 
-__all__ = ["configure_operator", "login", "reconcile_handler", "reconcile_schedule_handler"]
+__all__ = [
+    "configure_operator",
+    "forget_handler",
+    "login",
+    "reconcile_handler",
+    "reconcile_schedule_handler",
+]
 
 _PREFIX = "alignment.spa.dev"
+RUN_KIND, SCHEDULE_KIND = "SPAAlignmentRun", "SPAAlignmentSchedule"
 
 
 def configure_operator(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -33,6 +41,7 @@ def configure_operator(settings: kopf.OperatorSettings, **_: Any) -> None:
         prefix=_PREFIX, key="last-handled-configuration")
     settings.posting.level = logging.INFO
     settings.watching.server_timeout = 300
+    metrics.serve(_config().metrics_port)
 
 
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -75,13 +84,28 @@ def reconcile_handler(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger
     def post_event(kind: str, reason: str, message: str) -> None:
         kopf.event(body, type=kind, reason=reason, message=message[:1024])
 
+    now = datetime.now(UTC)
     try:
-        status = reconcile_run(run, _cluster(), _config(), post_event)
+        status = reconcile_run(run, _cluster(), _config(), post_event, now)
     except InvalidObject as exc:
+        metrics.RECONCILE_ERRORS.labels(kind=RUN_KIND, error="InvalidSpec").inc()
+        metrics.observe_run(run.namespace, run.name, exc.status.get("phase"))
         patch.status.update(exc.status)
         raise kopf.PermanentError(str(exc)) from None
+    except Exception as exc:  # kopf retries; the count shows it
+        metrics.RECONCILE_ERRORS.labels(kind=RUN_KIND, error=type(exc).__name__).inc()
+        raise
+    metrics.observe_run(run.namespace, run.name, (status or run.status).get("phase"))
     if status:
+        metrics.observe_stage_end(run.status, status, now)
         patch.status.update(status)
+
+
+def forget_handler(body: kopf.Body, event: dict[str, Any], **_: Any) -> None:
+    """Watch events of runs: a deleted run leaves the phase gauge."""
+    if event.get("type") == "DELETED":
+        meta = body["metadata"]
+        metrics.forget_run(meta["namespace"], meta["name"])
 
 
 def reconcile_schedule_handler(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
@@ -98,7 +122,11 @@ def reconcile_schedule_handler(body: kopf.Body, patch: kopf.Patch, **_: Any) -> 
     try:
         status = reconcile_schedule(obj, _schedule_cluster(), post_event)
     except InvalidObject as exc:
+        metrics.RECONCILE_ERRORS.labels(kind=SCHEDULE_KIND, error="InvalidSpec").inc()
         patch.status.update(exc.status)
         raise kopf.PermanentError(str(exc)) from None
+    except Exception as exc:
+        metrics.RECONCILE_ERRORS.labels(kind=SCHEDULE_KIND, error=type(exc).__name__).inc()
+        raise
     if status:
         patch.status.update(status)

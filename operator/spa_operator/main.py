@@ -16,6 +16,7 @@ import kopf
 from spa_operator import crd
 from spa_operator.handlers import (
     configure_operator,
+    forget_handler,
     login,
     reconcile_handler,
     reconcile_schedule_handler,
@@ -40,6 +41,11 @@ def on_change(**kwargs: Any) -> None:
 @kopf.timer(**RUN, interval=INTERVAL, id="reconcile")
 def on_timer(**kwargs: Any) -> None:
     reconcile_handler(**kwargs)
+
+
+@kopf.on.event(**RUN, id="watch")
+def on_event(**kwargs: Any) -> None:
+    forget_handler(**kwargs)
 
 
 @kopf.on.resume(**SCHEDULE, id="resume")

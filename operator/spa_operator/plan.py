@@ -124,6 +124,8 @@ def _plan_iteration(owner: Owner, spec: RunSpec, config: OperatorConfig, i: int,
     ensure = [builders.build_spec_config_map(owner, spec, config),
               builders.build_generator_service(owner, spec, config),
               builders.build_generator_deployment(owner, spec, config, i)]
+    if config.network_policy:
+        ensure.insert(2, builders.build_generator_network_policy(owner, spec, config))
     stale = _stale_generators(owner, children, generator_name)
     if pipeline.phase == "Running":
         return Step("Running", "Pipeline", i, "Sampling",

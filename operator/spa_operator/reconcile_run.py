@@ -119,8 +119,11 @@ def _status(run: RunObject, spec: RunSpec, step: Step, cluster: Cluster, config:
     if counts is not None:
         new["counts"] = counts
 
-    if (old.get("phase"), old.get("stage"), old.get("iteration")) != \
-            (step.phase, step.stage, step.iteration):
+    moved = (old.get("phase"), old.get("stage"), old.get("iteration")) != \
+        (step.phase, step.stage, step.iteration)
+    new["stageStartTime"] = _stamp(now) if moved or not old.get("stageStartTime") \
+        else old["stageStartTime"]
+    if moved:
         kind = "Warning" if step.phase == "Failed" else "Normal"
         post_event(kind, step.reason, message)
     return new

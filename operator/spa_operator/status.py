@@ -95,6 +95,8 @@ class RunStatus(_Status):
     """Artifact locations."""
     start_time: datetime | None = None
     """When the run started; from then on the spec is immutable except `suspend`."""
+    stage_start_time: datetime | None = None
+    """When the current stage (or phase, while suspended or finished) began."""
     completion_time: datetime | None = None
     """When the run succeeded or failed."""
     message: Annotated[str | None, Field(max_length=32768)] = None

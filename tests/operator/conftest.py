@@ -56,12 +56,24 @@ def namespace(api_client: Any) -> str:
     return name
 
 
+@pytest.fixture(scope="session")
+def metrics_port() -> int:
+    """Where the operator serves /metrics in this test session (one server per process)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @pytest.fixture
-def operator(kube: KubeTestEnv, namespace: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+def operator(kube: KubeTestEnv, namespace: str, metrics_port: int,
+             monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """The real operator watching the test's namespace, reconciling every second."""
     from operator_harness import running_operator
 
     monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
     monkeypatch.setenv("SPA_OPERATOR_RECONCILE_SECONDS", "1")
+    monkeypatch.setenv("SPA_OPERATOR_METRICS_PORT", str(metrics_port))
     with running_operator(namespace) as runner:
         yield runner

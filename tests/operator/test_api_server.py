@@ -269,6 +269,7 @@ def test_every_child_passes_server_side_validation(api_client: Any, namespace: s
         builders.build_generator_deployment(owner, run.spec, config, 0),
         builders.build_generator_deployment(owner, run.spec, config, 1),
         builders.build_generator_service(owner, run.spec, config),
+        builders.build_generator_network_policy(owner, run.spec, config),
         builders.build_pipeline_job(owner, run.spec, config, 0),
         builders.build_training_config_map(owner, run.spec, config),
         builders.build_training_service(owner, run.spec, config, 0),
@@ -281,7 +282,8 @@ def test_every_child_passes_server_side_validation(api_client: Any, namespace: s
 
 # --- the examples ----------------------------------------------------------------------------
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+_EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = sorted([*_EXAMPLES_DIR.glob("*.yaml"), *_EXAMPLES_DIR.glob("gitops/schedule/*-*.yaml")])
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])

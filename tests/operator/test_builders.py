@@ -13,6 +13,7 @@ from spa_operator.builders import (
     Owner,
     build_evaluation_job,
     build_generator_deployment,
+    build_generator_network_policy,
     build_generator_service,
     build_pipeline_job,
     build_spec_config_map,
@@ -428,5 +429,26 @@ def test_evaluation_runs_spa_evaluate_in_process_on_one_gpu() -> None:
 
 def test_operator_config_reads_its_environment() -> None:
     config = OperatorConfig.from_env({"SPA_OPERATOR_WORKER_IMAGE": "w:1",
-                                      "SPA_OPERATOR_VLLM_PORT": "9000"})
+                                      "SPA_OPERATOR_VLLM_PORT": "9000",
+                                      "SPA_OPERATOR_NETWORK_POLICY": "True"})
     assert config.worker_image == "w:1" and config.vllm_port == 9000
+    assert config.network_policy is True
+    with pytest.raises(ValueError, match=r"\$SPA_OPERATOR_NETWORK_POLICY='yes': expected true"):
+        OperatorConfig.from_env({"SPA_OPERATOR_NETWORK_POLICY": "yes"})
+    with pytest.raises(ValueError, match=r"\$SPA_OPERATOR_METRICS_PORT='x': expected an integer"):
+        OperatorConfig.from_env({"SPA_OPERATOR_METRICS_PORT": "x"})
+
+
+def test_only_the_runs_pipeline_pods_may_reach_its_generator() -> None:
+    policy = build_generator_network_policy(OWNER, SPEC, CONFIG)
+    deployment = build_generator_deployment(OWNER, SPEC, CONFIG, 0)
+    pods = deployment["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pods.items()
+    (rule,) = policy["spec"]["ingress"]
+    (peer,) = rule["from"]
+    pipeline = build_pipeline_job(OWNER, SPEC, CONFIG, 0)["spec"]["template"]["metadata"]
+    assert peer["podSelector"]["matchLabels"].items() <= pipeline["labels"].items()
+    training = build_training_job(OWNER, SPEC, CONFIG, 0)["spec"]["template"]["metadata"]
+    assert not peer["podSelector"]["matchLabels"].items() <= training["labels"].items()
+    assert rule["ports"] == [{"protocol": "TCP", "port": CONFIG.vllm_port}]
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid

@@ -15,7 +15,7 @@ from operator_harness import GROUP, RUNS, VERSION, Kubelet, wait_for
 pytestmark = pytest.mark.kube
 
 def test_happy_path_runs_every_stage_and_reports_status(
-        operator: Any, api_client: Any, namespace: str) -> None:
+        operator: Any, api_client: Any, namespace: str, metrics_port: int) -> None:
     from kubernetes import client
 
     kubelet = Kubelet(api_client, namespace)
@@ -74,6 +74,25 @@ def test_happy_path_runs_every_stage_and_reports_status(
         namespace, field_selector="involvedObject.name=harmless").items
     reasons = {e.reason for e in events}
     assert {"WaitingForGenerator", "Sampling", "Training", "Evaluating", "Succeeded"} <= reasons
+
+    # What Prometheus scrapes from the operator.
+    metrics = scrape(metrics_port)
+    assert metrics[("spa_runs", (("namespace", namespace), ("phase", "Succeeded")))] == 1.0
+    assert metrics[("spa_runs", (("namespace", namespace), ("phase", "Running")))] == 0.0
+    for stage in ("Generator", "Pipeline", "Training", "Evaluation"):
+        assert metrics[("spa_stage_duration_seconds_count", (("stage", stage),))] >= 1
+
+
+def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The operator's /metrics, parsed: (name, sorted labels) -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 def test_a_spec_that_cannot_run_in_a_cluster_fails_naming_the_field(

@@ -41,6 +41,13 @@ def test_a_new_run_brings_up_the_generator_first() -> None:
                                   "Deployment/r-generator-0"]
 
 
+def test_a_network_policy_guards_the_generator_when_the_operator_is_asked_to() -> None:
+    config = OperatorConfig(network_policy=True)
+    step = plan(OWNER, spec(), config, 0, Children())
+    assert kinds(step.ensure) == ["ConfigMap/r-spec", "Service/r-generator",
+                                  "NetworkPolicy/r-generator", "Deployment/r-generator-0"]
+
+
 def test_the_pipeline_starts_once_the_generator_is_healthy() -> None:
     children = Children(deployments={"r-generator-0": available()})
     step = plan(OWNER, spec(), CONFIG, 0, children)

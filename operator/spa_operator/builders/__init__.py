@@ -7,6 +7,7 @@ from spa_operator.builders.common import Owner, Storage, storage
 from spa_operator.builders.evaluation import build_evaluation_job
 from spa_operator.builders.generator import (
     build_generator_deployment,
+    build_generator_network_policy,
     build_generator_service,
     policy_location,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "Storage",
     "build_evaluation_job",
     "build_generator_deployment",
+    "build_generator_network_policy",
     "build_generator_service",
     "build_pipeline_job",
     "build_spec_config_map",

@@ -32,7 +32,13 @@ from spa_operator.builders.spec_config_map import served_model_name
 from spa_operator.config import OperatorConfig
 from spa_operator.errors import ClusterSpecError
 
-__all__ = ["COMPONENT", "build_generator_deployment", "build_generator_service", "policy_location"]
+__all__ = [
+    "COMPONENT",
+    "build_generator_deployment",
+    "build_generator_network_policy",
+    "build_generator_service",
+    "policy_location",
+]
 
 COMPONENT = "generator"
 #: vLLM reads its API key from this variable (same as `--api-key`).
@@ -187,5 +193,30 @@ def build_generator_service(owner: Owner, spec: RunSpec, config: OperatorConfig)
             "selector": selector_labels(owner, COMPONENT),
             "ports": [{"name": "http", "port": config.vllm_port, "targetPort": "http",
                        "protocol": "TCP"}],
+        },
+    }
+
+
+def build_generator_network_policy(owner: Owner, spec: RunSpec,
+                                   config: OperatorConfig) -> dict[str, Any]:
+    """NetworkPolicy `<run>-generator`: only the run's pipeline pods reach its vLLM server.
+
+    Created when the operator runs with `networkPolicy.enabled` (SPA_OPERATOR_NETWORK_POLICY);
+    it needs a CNI that enforces NetworkPolicy. Other ingress to the generator pods is denied.
+    """
+    from spa_operator.builders.pipeline import COMPONENT as PIPELINE
+
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": child_metadata(owner, names.generator_service(owner.name), COMPONENT, None,
+                                   spec),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(owner, COMPONENT)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [{"podSelector": {"matchLabels": selector_labels(owner, PIPELINE)}}],
+                "ports": [{"protocol": "TCP", "port": config.vllm_port}],
+            }],
         },
     }
