@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR ?= $(SPA_CACHE)/cargo-target
 UV ?= uv
 RUN := $(UV) run --no-sync
 
-.PHONY: help setup run test lint test-fast test-rust test-operator kube-testenv crds bench clean
+.PHONY: help setup run test lint test-fast test-rust test-operator kube-testenv crds bench images clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -23,9 +23,10 @@ test: setup kube-testenv lint ## Set up, then run every test suite (Rust, Python
 	cd rust && cargo test --workspace --exclude spa-py --quiet
 	SPA_REQUIRE_KUBE=1 $(RUN) pytest
 
-lint: ## Rust format and clippy; the native module's type stub against the built module
+lint: ## Rust format and clippy; the native module's stub against the module; the Dockerfile
 	cd rust && cargo fmt --all --check && cargo clippy --workspace --all-targets --quiet -- -D warnings
 	$(RUN) python -m mypy.stubtest spa_core._native
+	$(RUN) hadolint images/Dockerfile
 
 test-fast: ## Python tests without the slow end-to-end and server tests
 	$(RUN) pytest -m "not slow and not server"
@@ -39,11 +40,15 @@ test-operator: kube-testenv ## Operator tests against a real kube-apiserver + et
 kube-testenv: ## Build and cache etcd + kube-apiserver for the operator tests (slow once)
 	scripts/kube-testenv.sh build
 
-crds: ## Regenerate operator/crds from the pydantic specs
+crds: ## Regenerate operator/crds and the chart's crds/ from the pydantic specs
 	PYTHONPATH=operator $(RUN) python -m spa_operator.crd --write operator/crds
+	PYTHONPATH=operator $(RUN) python -m spa_operator.crd --write charts/spa-operator/crds
 
 bench: setup ## Pair-selection benchmark: Rust vs NumPy vs pure Python
 	$(RUN) python -m spa_core.bench
+
+images: ## Build the operator, worker and trainer images (needs docker buildx; see images/)
+	images/build.sh
 
 clean: ## Remove local run directories and build leftovers in the repo
 	rm -rf runs .pytest_cache .hypothesis spa_core/_native*.so

@@ -138,14 +138,18 @@ class Kubelet:
 
 
 @contextmanager
-def running_operator(namespace: str) -> Iterator[Any]:
-    """The real operator (kopf, in a thread of this process) watching `namespace`.
+def running_operator(namespace: str | None = None,
+                     args: list[str] | None = None) -> Iterator[Any]:
+    """The real operator (kopf, in a thread of this process) watching `namespace`, or run
+    with kopf's command-line `args` (as a Deployment would start it).
 
     The caller sets KUBECONFIG and SPA_OPERATOR_RECONCILE_SECONDS.
     """
     from kopf.testing import KopfRunner
 
-    args = ["run", "-m", "spa_operator.main", "--standalone", "--namespace", namespace]
+    if args is None:
+        assert namespace is not None
+        args = ["run", "-m", "spa_operator.main", "--standalone", "--namespace", namespace]
     with KopfRunner(args, timeout=120) as runner:
         yield runner
     # kopf's event loop ends with some aiohttp connections unclosed; finalize them now, with
