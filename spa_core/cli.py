@@ -19,7 +19,7 @@ from spa_core.rundir import RunDir
 from spa_core.spec import SPAAlignmentRun, SpecError, load_run
 from spa_core.stages import STAGES, StageContext, stage_function
 from spa_core.summary import summary_table
-from spa_core.termination import stage_counts, write_termination_message
+from spa_core.termination import evaluation_headline, stage_counts, write_termination_message
 
 app = typer.Typer(
     name="spa",
@@ -68,8 +68,9 @@ def _context(spec_path: Path, run_dir: str | None, iteration: int, force: bool) 
     if iteration >= run.spec.iterations.count:
         raise SpecError(f"--iteration {iteration}: the spec has iterations.count = "
                         f"{run.spec.iterations.count} (iterations 0..{run.spec.iterations.count - 1})")
-    return StageContext(run=run, root=_root(run, run_dir), iteration=iteration, force=force,
-                        console=console)
+    root = _root(run, run_dir)
+    _record_spec(root, run)
+    return StageContext(run=run, root=root, iteration=iteration, force=force, console=console)
 
 
 def _root(run: SPAAlignmentRun, run_dir: str | None) -> RunDir:
@@ -99,7 +100,10 @@ def _stage_command(name: str) -> None:
         except Exception as exc:
             _terminate_with(f"{type(exc).__name__}: {exc}")
             raise
-        _terminate_with(json.dumps({"stage": name, **stage_counts(ctx.root, iteration)}))
+        message: dict[str, object] = {"stage": name, **stage_counts(ctx.root, iteration)}
+        if name == "evaluate":
+            message["evaluation"] = evaluation_headline(ctx.root, iteration)
+        _terminate_with(json.dumps(message))
 
     command.__doc__ = {
         "prompts": "Read, validate and draw the seed prompts.",
@@ -123,6 +127,7 @@ def run(spec: SpecArg, run_dir: RunDirOpt = None, force: ForceOpt = False) -> No
     try:
         run_doc = load_run(spec)
         root = _root(run_doc, run_dir)
+        _record_spec(root, run_doc)
         stages = [s for s in STAGES if s != "evaluate" or run_doc.spec.evaluation.enabled]
         for iteration in range(run_doc.spec.iterations.count):
             ctx = StageContext(run=run_doc, root=root, iteration=iteration, force=force,
@@ -132,6 +137,60 @@ def run(spec: SpecArg, run_dir: RunDirOpt = None, force: ForceOpt = False) -> No
         _fail(exc)
     Console().print(summary_table(root, run_doc.spec.iterations.count))
     Console().print(f"run directory: {root.url()}")
+    try:
+        Console().print(f"report: {_report(root, run_doc.model_dump(mode='json', by_alias=True))}")
+    except ImportError as exc:  # the `report` extra is missing: the run itself succeeded
+        console.print(f"[yellow]no report:[/] {exc}", highlight=False)
+
+
+#: The validated spec of the run, kept in its run directory (for `spa report RUN_DIR`).
+SPEC_FILE = "spec.json"
+
+
+def _record_spec(root: RunDir, run: SPAAlignmentRun) -> None:
+    data = run.model_dump(mode="json", by_alias=True)
+    if not root.exists(SPEC_FILE) or root.read_json(SPEC_FILE) != data:
+        root.write_json(SPEC_FILE, data)
+
+
+def _report(root: RunDir, run: dict) -> str:
+    """Write the report locally (the run directory's report/ when local), upload otherwise."""
+    import tempfile
+
+    from spa_core.evaluation.report import write_report
+
+    spec = run.get("spec") or {}
+    iterations = int((spec.get("iterations") or {}).get("count", 1))
+    name = (run.get("metadata") or {}).get("name", "run")
+    if root.is_local:
+        html_path, _ = write_report(root, name, spec, iterations, Path(root.path("report")))
+        return str(html_path)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_report(root, name, spec, iterations, Path(tmp))
+        root.upload_dir(Path(tmp), "report")
+    return root.url("report", "report.html")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[str, typer.Argument(help="Run directory (path or fsspec URI).",
+                                           show_default=False)],
+    spec: Annotated[Path | None, typer.Option(
+        "--spec", help="The run's spec, where the run directory holds none.")] = None,
+) -> None:
+    """Write the run report (report/report.html and report.md) from a run directory."""
+    try:
+        root = RunDir(run_dir)
+        if spec is not None:
+            run_doc = load_run(spec).model_dump(mode="json", by_alias=True)
+        elif root.exists(SPEC_FILE):
+            run_doc = root.read_json(SPEC_FILE)
+        else:
+            raise SpecError(f"{root.url()} holds no {SPEC_FILE} (written by `spa` stages): "
+                            "pass --spec RUN.yaml")
+        console.print(f"report: {_report(root, run_doc)}", highlight=False)
+    except _user_errors() as exc:
+        _fail(exc)
 
 
 @app.command()

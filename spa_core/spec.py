@@ -246,6 +246,12 @@ class TrainingSpec(_Spec):
     """GPUs per node; 0 trains on the CPU."""
     strategy: Literal["fsdp", "deepspeed"] = "fsdp"
     """Sharding strategy for multi-GPU training."""
+    report_to: Annotated[
+        list[Literal["tensorboard", "wandb", "mlflow", "trackio", "comet_ml", "clearml"]],
+        Field(max_length=6),
+    ] = ["tensorboard"]
+    """Where the trainer logs its metrics (transformers' `report_to`); TensorBoard writes
+    under the train stage's `runs/`. Empty: nowhere but the run directory's log history."""
 
     @model_validator(mode="after")
     def _completion_fits(self) -> TrainingSpec:

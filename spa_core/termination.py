@@ -12,7 +12,8 @@ from pathlib import Path
 
 from spa_core.rundir import RunDir
 
-__all__ = ["TERMINATION_LOG_ENV", "stage_counts", "write_termination_message"]
+__all__ = ["TERMINATION_LOG_ENV", "evaluation_headline", "stage_counts",
+           "write_termination_message"]
 
 TERMINATION_LOG_ENV = "SPA_TERMINATION_LOG"
 #: Kubernetes keeps at most 4096 bytes of a container's termination message.
@@ -39,3 +40,26 @@ def stage_counts(root: RunDir, iteration: int) -> dict[str, int]:
     stats = collect(root, iteration)
     keys = {"prompts": "prompts", "samples": "samples", "kept": "groups_kept", "pairs": "pairs"}
     return {k: int(v) for k, src in keys.items() if isinstance(v := stats.get(src), int)}
+
+
+def evaluation_headline(root: RunDir, iteration: int) -> dict[str, float]:
+    """Before/after means and pairwise win rates of a finished evaluate stage (camelCase,
+    as the run's status shows them)."""
+    from spa_core.stages.context import iteration_dir
+    from spa_core.stages.manifest import StageManifest
+
+    manifest = StageManifest.load(root.child(iteration_dir(iteration)), "evaluate")
+    if manifest is None or not manifest.complete:
+        return {}
+    stats = manifest.stats
+    out = {}
+    for key, name in (("before_primary", "beforePrimary"), ("after_primary", "afterPrimary"),
+                      ("before_helpfulness", "beforeHelpfulness"),
+                      ("after_helpfulness", "afterHelpfulness")):
+        if isinstance(stats.get(key), int | float):
+            out[name] = round(float(stats[key]), 4)
+    for dim, name in (("primary", "winRatePrimary"), ("helpfulness", "winRateHelpfulness")):
+        win = ((stats.get("pairwise") or {}).get(dim) or {}).get("win")
+        if isinstance(win, int | float):
+            out[name] = round(float(win), 4)
+    return out

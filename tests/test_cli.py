@@ -148,6 +148,16 @@ def test_spa_run_of_the_shipped_example_goes_from_prompts_to_a_trained_checkpoin
     evaluation = json.loads((run_dir / "iter-00/evaluate/_manifest.json").read_text())
     assert evaluation["complete"]
     assert evaluation["stats"]["prompts"] == spec["evaluation"]["count"]
+    assert set(evaluation["stats"]["pairwise"]) == {"primary", "helpfulness"}
+    # It ends by writing the report, every section filled.
+    from spa_core.evaluation.report import SECTIONS
+
+    assert f"report: {run_dir / 'report' / 'report.html'}" in out.stdout
+    report = (run_dir / "report" / "report.html").read_text()
+    assert all(f"<h3>{title}</h3>" in report for title in SECTIONS)
+    assert 'class="missing"' not in report
+    assert len(list((run_dir / "report").glob("iter-00-*.png"))) == 5
+    assert list((run_dir / "iter-00/train/runs").glob("*/events.out.tfevents.*"))
 
     again = spa("run", example, "--run-dir", run_dir)  # everything is done: nothing is redone
     assert again.returncode == 0, again.stderr[-2000:]

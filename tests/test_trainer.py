@@ -214,7 +214,10 @@ def test_each_loss_trains_and_saves_a_loadable_checkpoint(tiny_model, pairs_path
     from transformers import AutoTokenizer
 
     logs: list[dict[str, Any]] = []
-    result = run(pairs_path, tiny_model, tmp_path / "out", spec(loss=loss), on_log=logs.append)
+    result = run(pairs_path, tiny_model, tmp_path / "out", spec(loss=loss), on_log=logs.append,
+                 report_to=["tensorboard"])
+    # The standard integration logged too: TensorBoard event files under out/runs/.
+    assert list((tmp_path / "out" / "runs").glob("*/events.out.tfevents.*"))
 
     final = tmp_path / "out" / "checkpoint-final"
     assert result.checkpoint_dir == str(final)

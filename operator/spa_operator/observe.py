@@ -6,7 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["JobState", "deployment_available", "job_state", "pipeline_counts", "pod_failure"]
+__all__ = ["JobState", "deployment_available", "evaluation_headline", "job_state",
+           "pipeline_counts", "pod_failure"]
 
 JobPhase = Literal["Absent", "Running", "Succeeded", "Failed"]
 
@@ -67,11 +68,12 @@ def pod_failure(pods: list[dict[str, Any]]) -> str:
     return ""
 
 
-def pipeline_counts(pods: list[dict[str, Any]], container: str) -> dict[str, int]:
-    """Counts (prompts, samples, kept, pairs) a stage left as JSON in its termination message."""
+def _terminated_json(pods: list[dict[str, Any]], container: str) -> dict[str, Any]:
+    """The JSON a (init) container left as its termination message, if any."""
     for pod in pods:
         status = pod.get("status") or {}
-        for cs in status.get("containerStatuses") or []:
+        for cs in (status.get("initContainerStatuses") or []) + \
+                (status.get("containerStatuses") or []):
             if cs.get("name") != container:
                 continue
             term = (cs.get("state") or {}).get("terminated") or {}
@@ -80,6 +82,25 @@ def pipeline_counts(pods: list[dict[str, Any]], container: str) -> dict[str, int
             except ValueError:
                 continue
             if isinstance(data, dict):
-                return {k: int(v) for k, v in data.items()
-                        if k in {"prompts", "samples", "kept", "pairs"} and isinstance(v, int)}
+                return data
     return {}
+
+
+def pipeline_counts(pods: list[dict[str, Any]], container: str) -> dict[str, int]:
+    """Counts (prompts, samples, kept, pairs) a stage left as JSON in its termination message."""
+    data = _terminated_json(pods, container)
+    return {k: int(v) for k, v in data.items()
+            if k in {"prompts", "samples", "kept", "pairs"} and isinstance(v, int)}
+
+
+#: The evaluation numbers the run's status shows.
+EVALUATION_KEYS = ("beforePrimary", "afterPrimary", "beforeHelpfulness", "afterHelpfulness",
+                   "winRatePrimary", "winRateHelpfulness")
+
+
+def evaluation_headline(pods: list[dict[str, Any]], container: str) -> dict[str, float]:
+    """Before/after means and win rates the evaluate stage left in its termination message."""
+    data = _terminated_json(pods, container).get("evaluation") or {}
+    return {k: float(v) for k, v in data.items()
+            if k in EVALUATION_KEYS and isinstance(v, int | float)} if isinstance(data, dict) \
+        else {}

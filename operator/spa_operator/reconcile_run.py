@@ -16,7 +16,7 @@ from spa_operator.cluster import Cluster
 from spa_operator.conditions import set_condition
 from spa_operator.config import OperatorConfig
 from spa_operator.errors import ClusterSpecError, InvalidObject
-from spa_operator.observe import pipeline_counts, pod_failure
+from spa_operator.observe import evaluation_headline, pipeline_counts, pod_failure
 from spa_operator.plan import Step, plan
 
 __all__ = ["RunObject", "reconcile_run"]
@@ -118,6 +118,10 @@ def _status(run: RunObject, spec: RunSpec, step: Step, cluster: Cluster, config:
     counts = _counts(run, step, cluster)
     if counts is not None:
         new["counts"] = counts
+    if step.stage == "Done" and spec.evaluation.enabled and not old.get("evaluation"):
+        job = names.evaluation_job(run.name, step.iteration)
+        if headline := evaluation_headline(cluster.job_pods(run.namespace, job), "evaluate"):
+            new["evaluation"] = headline
 
     moved = (old.get("phase"), old.get("stage"), old.get("iteration")) != \
         (step.phase, step.stage, step.iteration)
@@ -151,5 +155,8 @@ def _artifacts(run: RunObject, spec: RunSpec, step: Step,
     trained = step.iteration if step.stage in {"Evaluation", "Done"} else step.iteration - 1
     if trained >= 0:
         out["model"] = posixpath.join(root, iteration_dir(trained), CHECKPOINT)
+    evaluated = step.iteration if step.stage == "Done" else step.iteration - 1
+    if spec.evaluation.enabled and evaluated >= 0:
+        out["report"] = posixpath.join(root, "report", "report.html")
     return out
 

@@ -16,6 +16,7 @@ __all__ = [
     "Artifacts",
     "Condition",
     "Counts",
+    "Evaluation",
     "RunPhase",
     "RunStage",
     "RunStatus",
@@ -65,6 +66,23 @@ class Counts(_Status):
     """Preference pairs."""
 
 
+class Evaluation(_Status):
+    """Headline of the latest evaluation: did the trained model get safer AND more helpful?"""
+
+    before_primary: float | None = None
+    """Mean primary-objective score (1..10) of the starting model on held-out prompts."""
+    after_primary: float | None = None
+    """Same, trained model."""
+    before_helpfulness: float | None = None
+    """Mean helpfulness score of the starting model."""
+    after_helpfulness: float | None = None
+    """Same, trained model."""
+    win_rate_primary: Annotated[float | None, Field(ge=0, le=1)] = None
+    """Pairwise win rate of the trained model on the primary objective (both orders)."""
+    win_rate_helpfulness: Annotated[float | None, Field(ge=0, le=1)] = None
+    """Pairwise win rate of the trained model on helpfulness."""
+
+
 class Artifacts(_Status):
     """Where the run's outputs are."""
 
@@ -74,6 +92,8 @@ class Artifacts(_Status):
     """Pairs Parquet of the latest finished iteration."""
     model: Annotated[str | None, Field(max_length=4096)] = None
     """Checkpoint trained by the latest finished iteration."""
+    report: Annotated[str | None, Field(max_length=4096)] = None
+    """The run report (HTML), once an evaluation has finished."""
 
 
 class RunStatus(_Status):
@@ -91,6 +111,8 @@ class RunStatus(_Status):
     """Latest observations (type Ready is the summary)."""
     counts: Counts | None = None
     """Counts from the current iteration's pipeline."""
+    evaluation: Evaluation | None = None
+    """Headline numbers of the latest evaluation."""
     artifacts: Artifacts | None = None
     """Artifact locations."""
     start_time: datetime | None = None

@@ -1,8 +1,14 @@
 """Stage `evaluate`: held-out prompts answered before and after training, self-judged.
 
 Both models answer greedily; one judge (this iteration's starting policy, as in the
-method) scores both, so the comparison is not confounded by a change of judge. Judge
-answers that cannot be parsed are counted, never silently dropped.
+method) scores both, so the comparison is not confounded by a change of judge:
+
+* score-based: the paper's template, 1..10 on the primary objective and on helpfulness;
+  means and HH_lambda (lambda 5, 10, 20) with bootstrap intervals;
+* pairwise: before vs after on each dimension, asked in both orders to cancel position
+  bias; win / tie / loss rates of the trained model with bootstrap intervals.
+
+Judge answers that cannot be parsed are counted, never silently dropped.
 """
 
 from __future__ import annotations
@@ -13,6 +19,14 @@ import numpy as np
 import pyarrow as pa
 
 from spa_core.backends import ChatRequest
+from spa_core.evaluation.metrics import (
+    HH_LAMBDAS,
+    bootstrap_interval,
+    combine_orders,
+    hh_lambda,
+    win_rates,
+)
+from spa_core.evaluation.pairwise import pairwise_json_schema, pairwise_messages, parse_verdict
 from spa_core.prompts import sample_messages
 from spa_core.stages.context import StageContext
 from spa_core.stages.generate import judge, upstream_hash
@@ -67,7 +81,71 @@ def run_evaluate(ctx: StageContext) -> dict:
     for dim in ("primary", "helpfulness"):
         before, after = stats[f"before_{dim}"], stats[f"after_{dim}"]
         stats[f"delta_{dim}"] = (after - before) if before is not None and after is not None else None
+    stats["intervals"] = _score_intervals(columns)
+    verdicts, stats["pairwise"] = _pairwise(ctx, prompts, columns)
+    columns |= verdicts
     stats = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in stats.items()}
     ctx.dir.write_table(f"{STAGE}/responses.parquet", pa.table(columns))
     manifest.finish(ctx.dir, **stats)
     return stats
+
+
+def _interval(values: list[float]) -> dict[str, float | None]:
+    iv = bootstrap_interval(values)
+    clean = [None if math.isnan(x) else x for x in (iv.value, iv.low, iv.high)]
+    return dict(zip(("mean", "low", "high"), clean, strict=True)) | {"n": len(values)}
+
+
+def _score_intervals(columns: dict[str, pa.Array]) -> dict[str, dict[str, float | None]]:
+    """Mean scores and HH_lambda, before and after, with 95 % bootstrap intervals."""
+    out: dict[str, dict[str, float | None]] = {}
+    for label in ("before", "after"):
+        a = columns[f"{label}_score_a"].to_pylist()
+        b = columns[f"{label}_score_b"].to_pylist()
+        both = [(x, y) for x, y in zip(a, b, strict=True) if x is not None and y is not None]
+        out[f"{label}_primary"] = _interval([x for x in a if x is not None])
+        out[f"{label}_helpfulness"] = _interval([y for y in b if y is not None])
+        for lam in HH_LAMBDAS:
+            out[f"{label}_hh{lam}"] = _interval([hh_lambda(x, y, lam) for x, y in both])
+    return out
+
+
+def _pairwise(ctx: StageContext, prompts: list[str], columns: dict[str, pa.Array]
+              ) -> tuple[dict[str, pa.Array], dict[str, dict[str, float | int | None]]]:
+    """Before vs after on each dimension, both orders; verdict columns and win rates."""
+    obj, sc = ctx.spec.objectives, ctx.spec.scoring
+    before = columns["before_response"].to_pylist()
+    after = columns["after_response"].to_pylist()
+    backend = ctx.backend()
+    schema = pairwise_json_schema() if sc.structured_output == "on" or (
+        sc.structured_output == "auto" and backend.supports_json_schema) else None
+    both = [i for i in range(len(prompts)) if before[i] and after[i]]
+    verdict_columns: dict[str, pa.Array] = {}
+    rates: dict[str, dict[str, float | int | None]] = {}
+    for key, dimension in (("primary", obj.primary), ("helpfulness", obj.secondary)):
+        requests = [
+            ChatRequest(messages=pairwise_messages(prompts[i], *pair, dimension,
+                                                   obj.constitution),
+                        temperature=0.0, max_tokens=sc.max_tokens, json_schema=schema, seed=i)
+            for i in both
+            for pair in ((after[i], before[i]), (before[i], after[i]))  # after as A, then as B
+        ]
+        with ctx.progress(f"evaluate (pairwise {key})", len(requests)) as advance:
+            texts = [r.text for r in backend.generate(requests, on_done=advance)]
+        first: list[str | None] = [None] * len(prompts)
+        swapped: list[str | None] = [None] * len(prompts)
+        for k, i in enumerate(both):
+            first[i], swapped[i] = parse_verdict(texts[2 * k]), parse_verdict(texts[2 * k + 1])
+        outcomes = [combine_orders(first[i], swapped[i]) for i in both]
+        wr = win_rates(outcomes)
+        rates[key] = {"win": _nan_none(wr.win.value), "win_low": _nan_none(wr.win.low),
+                      "win_high": _nan_none(wr.win.high), "tie": _nan_none(wr.tie.value),
+                      "loss": _nan_none(wr.loss.value), "compared": wr.n,
+                      "unparsed": wr.unparsed, "missing_response": len(prompts) - len(both)}
+        verdict_columns[f"pairwise_{key}_after_first"] = pa.array(first, pa.string())
+        verdict_columns[f"pairwise_{key}_after_second"] = pa.array(swapped, pa.string())
+    return verdict_columns, rates
+
+
+def _nan_none(x: float) -> float | None:
+    return None if math.isnan(x) else x

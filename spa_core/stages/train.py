@@ -67,4 +67,5 @@ def _train(ctx: StageContext, train, model_path: str, gguf_file: str | None, out
         gguf_file=gguf_file,
         output_dir=str(output),
         spec=ctx.spec.training,
+        report_to=list(ctx.spec.training.report_to),
     )

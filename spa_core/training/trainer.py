@@ -274,6 +274,7 @@ def _common_args(
         save_strategy="steps",
         save_steps=save_steps,
         save_total_limit=2,
+        # TensorBoard writes under <output_dir>/runs/ (transformers' default).
         report_to=report_to or "none",
         disable_tqdm=True,
         dataloader_num_workers=0,

@@ -419,12 +419,16 @@ def test_cpu_training_requests_no_gpu() -> None:
 
 # --- evaluation ----------------------------------------------------------------------------
 
-def test_evaluation_runs_spa_evaluate_in_process_on_one_gpu() -> None:
+def test_evaluation_runs_spa_evaluate_in_process_on_one_gpu_then_the_report() -> None:
     job = build_evaluation_job(OWNER, SPEC, CONFIG, 0)
-    (c,) = pod_spec(job)["containers"]
+    (c,) = pod_spec(job)["initContainers"]
     assert c["args"][:3] == ["spa", "evaluate", "/spa/spec/run-local.yaml"]
     assert c["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     assert c["image"] == CONFIG.trainer_image
+    (report,) = pod_spec(job)["containers"]
+    assert report["args"] == ["spa", "report", "/spa/storage/runs/harmless", "--spec",
+                              "/spa/spec/run-local.yaml"]
+    assert "nvidia.com/gpu" not in str(report["resources"])
 
 
 def test_operator_config_reads_its_environment() -> None:

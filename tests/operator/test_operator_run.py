@@ -7,6 +7,7 @@ and completes each Job, then checks the run's status, children and events.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -40,7 +41,10 @@ def test_happy_path_runs_every_stage_and_reports_status(
     wait_for("generator deleted", lambda: kubelet.get(
         kubelet.apps.read_namespaced_deployment, "harmless-generator-0") is None)
     kubelet.complete("harmless-train-0")
-    kubelet.complete("harmless-eval-0")
+    headline = {"beforePrimary": 5.5, "afterPrimary": 7.25, "beforeHelpfulness": 6.0,
+                "afterHelpfulness": 6.5, "winRatePrimary": 0.75, "winRateHelpfulness": 0.5}
+    kubelet.complete("harmless-eval-0", termination={
+        "evaluate": json.dumps({"stage": "evaluate", "prompts": 10, "evaluation": headline})})
 
     status = wait_for("run Succeeded", lambda: (s := kubelet.run("harmless").get("status", {}))
                       .get("phase") == "Succeeded" and s)
@@ -51,6 +55,8 @@ def test_happy_path_runs_every_stage_and_reports_status(
     assert (ready["status"], ready["reason"]) == ("True", "Succeeded")
     assert status["artifacts"]["model"] == \
         "/spa/storage/runs/harmless/iter-00/train/checkpoint-final"
+    assert status["artifacts"]["report"] == "/spa/storage/runs/harmless/report/report.html"
+    assert status["evaluation"] == headline
 
     # Every child is owned by the run (deleting it garbage-collects them).
     selector = "alignment.spa.dev/run=harmless"

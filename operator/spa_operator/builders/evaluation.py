@@ -24,7 +24,8 @@ COMPONENT = "evaluation"
 
 def build_evaluation_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
                          iteration: int) -> dict[str, Any]:
-    """Job `<run>-eval-<i>`: one pod (one GPU when training used GPUs)."""
+    """Job `<run>-eval-<i>`: `spa evaluate` (one GPU when training used GPUs), then
+    `spa report`; the evaluate container's termination message holds the headline."""
     st = storage(owner, spec, config)
     spec_vol, spec_mount = spec_volume(owner, config)
     shm, shm_mount = shm_volume(config)
@@ -41,9 +42,21 @@ def build_evaluation_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
         "resources": resources,
         "volumeMounts": [spec_mount, shm_mount, *st.mounts],
     }
+    # Then the run report (report/ in the run directory), from everything so far.
+    report = {
+        "name": "report",
+        "image": config.trainer_image,
+        **container_defaults(config),
+        "args": ["spa", "report", st.run_dir, "--spec", spec_path(config, TRAINER_SPEC_KEY)],
+        "env": stage_env(spec),
+        "envFrom": st.env_from,
+        "resources": {"requests": {"cpu": "500m", "memory": "1Gi"}},
+        "volumeMounts": [spec_mount, *st.mounts],
+    }
     pod_spec = {
         **pod_placement(spec, spec.scheduling.evaluation),
-        "containers": [container],
+        "initContainers": [container],
+        "containers": [report],
         "volumes": [spec_vol, shm, *st.volumes],
     }
     return build_job(owner, spec, names.evaluation_job(owner.name, iteration), COMPONENT,

@@ -1,0 +1,1 @@
+"""Evaluation: metrics over judged responses (`metrics`) and the run report (`report`)."""

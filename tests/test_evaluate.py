@@ -1,0 +1,65 @@
+"""The evaluate stage against a real OpenAI-compatible server (llama.cpp, the embedded model).
+
+Both "before" and "after" answers come from the one served model here (the server cannot
+swap weights), so the test checks what the stage records, not that training helped: every
+prompt judged on scores and pairwise in both orders, unparsed answers counted, intervals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from spa_core.rundir import RunDir
+from spa_core.spec import parse_run
+from spa_core.stages.context import StageContext
+from spa_core.stages.evaluate import run_evaluate
+from spa_core.stages.manifest import StageManifest
+from spa_core.stages.prompts import run_prompts
+
+pytestmark = pytest.mark.server
+
+
+def test_evaluate_scores_and_compares_before_and_after(llama_server: str,
+                                                       tmp_path: Path) -> None:
+    run = parse_run({
+        "apiVersion": "alignment.spa.dev/v1alpha1", "kind": "SPAAlignmentRun",
+        "metadata": {"name": "eval"},
+        "spec": {"prompts": {"builtin": "harmlessness", "count": 4},
+                 "generator": {"backend": "openai", "url": llama_server,
+                               "servedModelName": "smollm2"},
+                 "scoring": {"maxTokens": 48, "temperature": 0.0},
+                 "evaluation": {"count": 3, "maxTokens": 48}}})
+    ctx = StageContext(run=run, root=RunDir(tmp_path / "run"), iteration=0, force=False,
+                       console=Console(quiet=True))
+    run_prompts(ctx)
+    # Training is not what is under test: a finished train stage, as `spa train` leaves it.
+    manifest = StageManifest.open(ctx.dir, "train", "test-train")
+    Path(ctx.dir.path("train/checkpoint-final")).mkdir(parents=True)
+    manifest.finish(ctx.dir, steps=0)
+    try:
+        stats = run_evaluate(ctx)
+    finally:
+        ctx.close()
+
+    assert stats["prompts"] == 3 and stats["judge"].startswith("self-judged")
+    iv = stats["intervals"]
+    for key in ("before_primary", "after_helpfulness", "before_hh5", "after_hh20"):
+        assert set(iv[key]) == {"mean", "low", "high", "n"}
+        if iv[key]["n"]:
+            assert iv[key]["low"] <= iv[key]["mean"] <= iv[key]["high"]
+    for dim in ("primary", "helpfulness"):
+        p = stats["pairwise"][dim]
+        assert p["compared"] + p["unparsed"] + p["missing_response"] == 3
+        if p["compared"]:
+            assert p["win"] + p["tie"] + p["loss"] == pytest.approx(1.0)
+    table = ctx.dir.read_table("evaluate/responses.parquet")
+    assert {"before_response", "after_score_a", "pairwise_primary_after_first",
+            "pairwise_helpfulness_after_second"} <= set(table.column_names)
+    verdicts = table.column("pairwise_primary_after_first").to_pylist()
+    assert all(v in (None, "A", "B", "tie") for v in verdicts)
+    # The stage is done: a second call returns the recorded stats without judging again.
+    assert run_evaluate(StageContext(run=run, root=RunDir(tmp_path / "run"), iteration=0,
+                                     force=False, console=Console(quiet=True))) == stats
