@@ -306,11 +306,31 @@ class GeneratorSpec(_Spec):
     """Delete the generator once sampling and scoring are done, freeing GPUs for training."""
 
 
+class JudgeSpec(_Spec):
+    """An external judge for the evaluation: any OpenAI-compatible endpoint and model."""
+
+    url: Annotated[str, Field(min_length=1, max_length=2048)]
+    """Base URL of the API (`https://api.openai.com/v1`, a vLLM `.../v1`)."""
+    model: Annotated[str, Field(min_length=1, max_length=512)]
+    """Model name the endpoint serves (`gpt-4o`, ...)."""
+    api_key_secret_ref: SecretKeyRef | None = None
+    """Secret holding the API key (cluster runs; locally: $SPA_JUDGE_API_KEY)."""
+    concurrency: Annotated[int, Field(ge=1, le=1024)] = 16
+    """Requests in flight."""
+    timeout_seconds: Annotated[float, Field(gt=0.0, le=3600.0)] = 120.0
+    """Per-request timeout."""
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 5
+    """Retries of failed requests (the SDK's backoff)."""
+
+
 class EvaluationSpec(_Spec):
     """Before/after evaluation on held-out prompts."""
 
     enabled: bool = True
     """Run the evaluation stage."""
+    judge: JudgeSpec | None = None
+    """Who judges: unset, the starting policy itself (as in the method; reported as
+    "self-judged"); set, an external model (e.g. a stronger one)."""
     prompts: PromptsSpec | None = None
     """Held-out prompts; when unset, the prompts not drawn for training from the same source."""
     count: Annotated[int, Field(ge=1, le=100_000)] = 8

@@ -63,3 +63,33 @@ def test_evaluate_scores_and_compares_before_and_after(llama_server: str,
     # The stage is done: a second call returns the recorded stats without judging again.
     assert run_evaluate(StageContext(run=run, root=RunDir(tmp_path / "run"), iteration=0,
                                      force=False, console=Console(quiet=True))) == stats
+
+
+def test_an_external_judge_is_named_in_the_stats(llama_server: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluation.judge: any OpenAI-compatible endpoint (here the same llama.cpp server, under
+    another model name), its key from $SPA_JUDGE_API_KEY."""
+    monkeypatch.setenv("SPA_JUDGE_API_KEY", "sk-test")
+    run = parse_run({
+        "apiVersion": "alignment.spa.dev/v1alpha1", "kind": "SPAAlignmentRun",
+        "metadata": {"name": "eval"},
+        "spec": {"prompts": {"builtin": "honesty", "count": 3},
+                 "generator": {"backend": "openai", "url": llama_server,
+                               "servedModelName": "smollm2"},
+                 "scoring": {"maxTokens": 40, "temperature": 0.0},
+                 "evaluation": {"count": 2, "maxTokens": 32,
+                                "judge": {"url": llama_server, "model": "strong-judge"}}}})
+    ctx = StageContext(run=run, root=RunDir(tmp_path / "run"), iteration=0, force=False,
+                       console=Console(quiet=True))
+    run_prompts(ctx)
+    manifest = StageManifest.open(ctx.dir, "train", "test-train")
+    Path(ctx.dir.path("train/checkpoint-final")).mkdir(parents=True)
+    manifest.finish(ctx.dir, steps=0)
+    try:
+        stats = run_evaluate(ctx)
+    finally:
+        ctx.close()
+    assert stats["judge"] == f"strong-judge at {llama_server}"
+    assert stats["pairwise"]["primary"]["compared"] + \
+        stats["pairwise"]["primary"]["unparsed"] + \
+        stats["pairwise"]["primary"]["missing_response"] == 2

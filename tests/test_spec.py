@@ -139,3 +139,13 @@ def test_importing_the_spec_does_not_import_ml_frameworks() -> None:
             "print(','.join(bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_an_external_judge_needs_its_url_and_model() -> None:
+    run = parse_run(doc(evaluation={"judge": {"url": "https://api.openai.com/v1",
+                                              "model": "gpt-4o"}}))
+    assert run.spec.evaluation.judge is not None
+    assert run.spec.evaluation.judge.api_key_secret_ref is None
+    assert parse_run(doc()).spec.evaluation.judge is None  # self-judged by default
+    with pytest.raises(SpecError, match=r"spec\.evaluation\.judge\.model"):
+        parse_run(doc(evaluation={"judge": {"url": "https://api.openai.com/v1"}}))

@@ -14,11 +14,12 @@ Judge answers that cannot be parsed are counted, never silently dropped.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pyarrow as pa
 
-from spa_core.backends import ChatRequest
+from spa_core.backends import Backend, ChatRequest
 from spa_core.evaluation.metrics import (
     HH_LAMBDAS,
     bootstrap_interval,
@@ -33,9 +34,11 @@ from spa_core.stages.generate import judge, upstream_hash
 from spa_core.stages.prompts import BadPromptRows
 from spa_core.stages.manifest import StageManifest, config_hash
 
-__all__ = ["run_evaluate"]
+__all__ = ["JUDGE_API_KEY_ENV", "run_evaluate"]
 
 STAGE = "evaluate"
+#: The external judge's API key (the operator sets it from evaluation.judge.apiKeySecretRef).
+JUDGE_API_KEY_ENV = "SPA_JUDGE_API_KEY"
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -51,12 +54,14 @@ def run_evaluate(ctx: StageContext) -> dict:
     manifest = StageManifest.open(ctx.dir, STAGE, chash, force=ctx.force)
     if manifest.complete:
         return manifest.stats
+    stats: dict[str, object] = {}
     held = ctx.dir.read_table("prompts/heldout.parquet")
     prompts = held.column("prompt").to_pylist()
     if not prompts:
         raise BadPromptRows("no held-out prompts to evaluate: raise evaluation.count or add prompts")
+    stats["prompts"] = len(prompts)
 
-    stats: dict[str, object] = {"prompts": len(prompts), "judge": "self-judged (starting policy)"}
+    judge_backend, stats["judge"] = _judge(ctx)
     columns: dict[str, pa.Array] = {"prompt_id": held.column("prompt_id")}
     for label, model_path in (("before", None), ("after", trained)):
         requests = [ChatRequest(messages=sample_messages(p, ctx.spec.sampling.system_prompt),
@@ -66,7 +71,7 @@ def run_evaluate(ctx: StageContext) -> dict:
             answers = [r.text for r in ctx.backend(model_path).generate(requests, on_done=advance)]
         if model_path is not None:  # free the trained model before judging
             ctx.release(model_path)
-        a, b, status, _ = judge(ctx, prompts, answers)
+        a, b, status, _ = judge(ctx, prompts, answers, backend=judge_backend)
         columns |= {
             f"{label}_response": pa.array(answers, pa.string()),
             f"{label}_score_a": pa.array(a, pa.float64()),
@@ -82,7 +87,7 @@ def run_evaluate(ctx: StageContext) -> dict:
         before, after = stats[f"before_{dim}"], stats[f"after_{dim}"]
         stats[f"delta_{dim}"] = (after - before) if before is not None and after is not None else None
     stats["intervals"] = _score_intervals(columns)
-    verdicts, stats["pairwise"] = _pairwise(ctx, prompts, columns)
+    verdicts, stats["pairwise"] = _pairwise(ctx, prompts, columns, judge_backend)
     columns |= verdicts
     stats = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in stats.items()}
     ctx.dir.write_table(f"{STAGE}/responses.parquet", pa.table(columns))
@@ -110,13 +115,26 @@ def _score_intervals(columns: dict[str, pa.Array]) -> dict[str, dict[str, float 
     return out
 
 
-def _pairwise(ctx: StageContext, prompts: list[str], columns: dict[str, pa.Array]
-              ) -> tuple[dict[str, pa.Array], dict[str, dict[str, float | int | None]]]:
+def _judge(ctx: StageContext) -> tuple[Backend, str]:
+    """The evaluation's judge and how the report names it."""
+    spec = ctx.spec.evaluation.judge
+    if spec is None:
+        return ctx.backend(), "self-judged (starting policy)"
+    from spa_core.backends.openai_backend import OpenAIBackend
+
+    backend = OpenAIBackend(spec.url, spec.model, api_key=os.environ.get(JUDGE_API_KEY_ENV),
+                            concurrency=spec.concurrency, timeout_seconds=spec.timeout_seconds,
+                            max_retries=spec.max_retries)
+    return backend, f"{spec.model} at {spec.url}"
+
+
+def _pairwise(ctx: StageContext, prompts: list[str], columns: dict[str, pa.Array],
+              backend: Backend) -> tuple[dict[str, pa.Array],
+                                         dict[str, dict[str, float | int | None]]]:
     """Before vs after on each dimension, both orders; verdict columns and win rates."""
     obj, sc = ctx.spec.objectives, ctx.spec.scoring
     before = columns["before_response"].to_pylist()
     after = columns["after_response"].to_pylist()
-    backend = ctx.backend()
     schema = pairwise_json_schema() if sc.structured_output == "on" or (
         sc.structured_output == "auto" and backend.supports_json_schema) else None
     both = [i for i in range(len(prompts)) if before[i] and after[i]]

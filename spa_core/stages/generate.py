@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spa_core.backends import ChatRequest
+from spa_core.backends import Backend, ChatRequest
 from spa_core.prompts import (
     dimension_names,
     judge_messages,
@@ -115,15 +115,17 @@ def run_sample(ctx: StageContext) -> dict:
 
 def judge(ctx: StageContext, instructions: Sequence[str], responses: Sequence[str | None],
           advance: Callable[[int], None] | None = None, model_path: str | None = None,
+          backend: Backend | None = None,
           ) -> tuple[list[float | None], list[float | None], list[str], list[str | None]]:
     """Score responses on (primary, secondary); retry unparseable answers.
 
+    The judge is `backend`, else the policy at `model_path` (this iteration's by default).
     Returns score_a, score_b (None when missing), the parse status and the raw judge text.
     A response that is itself missing is not sent to the judge and scores as missing.
     """
     sc, obj = ctx.spec.scoring, ctx.spec.objectives
     names = dimension_names(obj.primary, obj.secondary)
-    backend = ctx.backend(model_path)
+    backend = backend or ctx.backend(model_path)
     use_schema = sc.structured_output == "on" or (
         sc.structured_output == "auto" and backend.supports_json_schema)
     schema = score_json_schema(obj.primary, obj.secondary) if use_schema else None

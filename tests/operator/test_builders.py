@@ -425,6 +425,11 @@ def test_evaluation_runs_spa_evaluate_in_process_on_one_gpu_then_the_report() ->
     assert c["args"][:3] == ["spa", "evaluate", "/spa/spec/run-local.yaml"]
     assert c["resources"]["limits"] == {"nvidia.com/gpu": "1"}
     assert c["image"] == CONFIG.trainer_image
+    assert "SPA_JUDGE_API_KEY" not in env_of(c)  # self-judged: no external key
+    judged = make_spec(evaluation={"judge": {"url": "https://api.openai.com/v1", "model": "gpt-4o",
+                                             "apiKeySecretRef": {"name": "judge", "key": "k"}}})
+    (c,) = pod_spec(build_evaluation_job(OWNER, judged, CONFIG, 0))["initContainers"]
+    assert env_of(c)["SPA_JUDGE_API_KEY"] == {"secretKeyRef": {"name": "judge", "key": "k"}}
     (report,) = pod_spec(job)["containers"]
     assert report["args"] == ["spa", "report", "/spa/storage/runs/harmless", "--spec",
                               "/spa/spec/run-local.yaml"]

@@ -35,6 +35,8 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 HF_TOKEN_ENV = "HF_TOKEN"
 #: Read by spa_core's openai backend.
 OPENAI_API_KEY_ENV = "SPA_OPENAI_API_KEY"
+#: The evaluation's external judge reads its API key here (spa_core.stages.evaluate).
+JUDGE_API_KEY_ENV = "SPA_JUDGE_API_KEY"
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ from typing import Any
 from spa_core.spec import RunSpec
 from spa_operator import names
 from spa_operator.builders.common import (
+    JUDGE_API_KEY_ENV,
     Owner,
     container_defaults,
     pod_placement,
+    secret_env,
     shm_volume,
     storage,
 )
@@ -37,7 +39,9 @@ def build_evaluation_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
         "image": config.trainer_image,
         **container_defaults(config),
         "args": stage_args("evaluate", spec_path(config, TRAINER_SPEC_KEY), st, iteration),
-        "env": stage_env(spec),
+        "env": [*stage_env(spec), *secret_env(
+            JUDGE_API_KEY_ENV, spec.evaluation.judge.api_key_secret_ref
+            if spec.evaluation.judge else None)],
         "envFrom": st.env_from,
         "resources": resources,
         "volumeMounts": [spec_mount, shm_mount, *st.mounts],
