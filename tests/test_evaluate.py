@@ -13,13 +13,27 @@ import pytest
 from rich.console import Console
 
 from spa_core.rundir import RunDir
-from spa_core.spec import parse_run
+from spa_core.spec import SPAAlignmentRun, parse_run
 from spa_core.stages.context import StageContext
 from spa_core.stages.evaluate import run_evaluate
 from spa_core.stages.manifest import StageManifest
 from spa_core.stages.prompts import run_prompts
 
 pytestmark = pytest.mark.server
+
+
+def evaluated(run: SPAAlignmentRun, tmp_path: Path) -> tuple[StageContext, dict]:
+    """Prompts drawn, a finished train stage (training is not under test), then evaluate."""
+    ctx = StageContext(run=run, root=RunDir(tmp_path / "run"), iteration=0, force=False,
+                       console=Console(quiet=True))
+    run_prompts(ctx)
+    manifest = StageManifest.open(ctx.dir, "train", "test-train")
+    Path(ctx.dir.path("train/checkpoint-final")).mkdir(parents=True)
+    manifest.finish(ctx.dir, steps=0)
+    try:
+        return ctx, run_evaluate(ctx)
+    finally:
+        ctx.close()
 
 
 def test_evaluate_scores_and_compares_before_and_after(llama_server: str,
@@ -32,17 +46,7 @@ def test_evaluate_scores_and_compares_before_and_after(llama_server: str,
                                "servedModelName": "smollm2"},
                  "scoring": {"maxTokens": 48, "temperature": 0.0},
                  "evaluation": {"count": 3, "maxTokens": 48}}})
-    ctx = StageContext(run=run, root=RunDir(tmp_path / "run"), iteration=0, force=False,
-                       console=Console(quiet=True))
-    run_prompts(ctx)
-    # Training is not what is under test: a finished train stage, as `spa train` leaves it.
-    manifest = StageManifest.open(ctx.dir, "train", "test-train")
-    Path(ctx.dir.path("train/checkpoint-final")).mkdir(parents=True)
-    manifest.finish(ctx.dir, steps=0)
-    try:
-        stats = run_evaluate(ctx)
-    finally:
-        ctx.close()
+    ctx, stats = evaluated(run, tmp_path)
 
     assert stats["prompts"] == 3 and stats["judge"].startswith("self-judged")
     iv = stats["intervals"]
@@ -79,16 +83,7 @@ def test_an_external_judge_is_named_in_the_stats(llama_server: str, tmp_path: Pa
                  "scoring": {"maxTokens": 40, "temperature": 0.0},
                  "evaluation": {"count": 2, "maxTokens": 32,
                                 "judge": {"url": llama_server, "model": "strong-judge"}}}})
-    ctx = StageContext(run=run, root=RunDir(tmp_path / "run"), iteration=0, force=False,
-                       console=Console(quiet=True))
-    run_prompts(ctx)
-    manifest = StageManifest.open(ctx.dir, "train", "test-train")
-    Path(ctx.dir.path("train/checkpoint-final")).mkdir(parents=True)
-    manifest.finish(ctx.dir, steps=0)
-    try:
-        stats = run_evaluate(ctx)
-    finally:
-        ctx.close()
+    _, stats = evaluated(run, tmp_path)
     assert stats["judge"] == f"strong-judge at {llama_server}"
     assert stats["pairwise"]["primary"]["compared"] + \
         stats["pairwise"]["primary"]["unparsed"] + \
