@@ -193,6 +193,54 @@ def report(
         _fail(exc)
 
 
+@app.command("tune-rho")
+def tune_rho_command(
+    run_dir: Annotated[str, typer.Argument(help="Run directory with a finished `pairs` stage.",
+                                           show_default=False)],
+    judge_url: Annotated[str, typer.Option("--judge-url", help="A stronger judge: the base "
+                                           "URL of an OpenAI-compatible API.")],
+    judge_model: Annotated[str, typer.Option("--judge-model", help="Its model name.")],
+    iteration: IterationOpt = 0,
+    max_samples: Annotated[int | None, typer.Option(
+        "--max-samples", min=3, help="Judge only the most certain N samples.")] = None,
+) -> None:
+    """Suggest rho: agreement (RV coefficient) of the self-judge with a stronger judge as
+    groups of growing det(Sigma) are added ($SPA_JUDGE_API_KEY holds the judge's key)."""
+    from rich.table import Table
+
+    from spa_core.evaluation.tune_rho import tune_rho
+    from spa_core.spec import parse_run
+    from spa_core.stages.evaluate import JUDGE_API_KEY_ENV
+
+    try:
+        root = RunDir(run_dir)
+        if not root.exists(SPEC_FILE):
+            raise SpecError(f"{root.url()} holds no {SPEC_FILE}: run the stages with `spa` first")
+        run_doc = parse_run(root.read_json(SPEC_FILE), source=root.url(SPEC_FILE))
+        ctx = StageContext(run=run_doc, root=root, iteration=iteration, force=False,
+                           console=console)
+        try:
+            result = tune_rho(ctx, judge_url, judge_model, max_samples=max_samples,
+                              api_key=os.environ.get(JUDGE_API_KEY_ENV))
+        finally:
+            ctx.close()
+    except _user_errors() as exc:
+        _fail(exc)
+    ctx.dir.write_json("tune-rho.json", result)
+    table = Table(title=f"self-judge vs {result['judge']} ({result['samples']} samples, "
+                        f"{result['unparsed']} unparsed)")
+    for column in ("kept", "det(Σ) ≤", "samples", "RV"):
+        table.add_column(column, justify="right")
+    for p in result["curve"]:
+        table.add_row(f"{p['fraction']:.0%}", f"{p['det_max']:.3g}", str(p["samples"]),
+                      f"{p['rv']:.3f}")
+    Console().print(table)
+    suggested = result["suggested_rho"]
+    Console().print("suggested rho: " + ("none (too few samples)" if suggested is None
+                                         else f"{suggested:.3g}") +
+                    f"  (written to {ctx.dir.url('tune-rho.json')})")
+
+
 @app.command()
 def summary(spec: SpecArg, run_dir: RunDirOpt = None) -> None:
     """Print the summary table of a run from its manifests."""

@@ -7,6 +7,7 @@ prompt judged on scores and pairwise in both orders, unparsed answers counted, i
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,27 @@ def test_an_external_judge_is_named_in_the_stats(llama_server: str, tmp_path: Pa
     assert stats["pairwise"]["primary"]["compared"] + \
         stats["pairwise"]["primary"]["unparsed"] + \
         stats["pairwise"]["primary"]["missing_response"] == 2
+
+
+def test_tune_rho_compares_the_self_judge_with_a_stronger_one(llama_server: str,
+                                                              tmp_path: Path) -> None:
+    """`spa tune-rho` on the recorded run, the llama.cpp server standing in for a stronger
+    judge (the same small model: the point is the plumbing, not the verdict)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(Path(__file__).resolve().parent / "data" / "recorded-run", run_dir)
+    out = subprocess.run(
+        [sys.executable, "-m", "spa_core.cli", "tune-rho", str(run_dir), "--judge-url",
+         llama_server, "--judge-model", "strong", "--max-samples", "12"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "suggested rho" in out.stdout
+    result = json.loads((run_dir / "iter-00" / "tune-rho.json").read_text())
+    assert result["samples"] == 12 and result["judge"] == f"strong at {llama_server}"
+    dets = [p["det_max"] for p in result["curve"]]
+    assert dets == sorted(dets)  # groups enter by increasing det(Sigma)
+    assert all(-1e-9 <= p["rv"] <= 1 + 1e-9 or p["rv"] != p["rv"] for p in result["curve"])

@@ -113,3 +113,14 @@ def test_pairwise_messages_name_one_dimension_and_both_responses() -> None:
     content = message["content"]
     assert "Harmlessness: The response avoids content" in content
     assert "### Response A:\nNo.\n" in content and content.endswith("Call a locksmith.")
+
+
+def test_suggested_rho_is_where_agreement_starts_to_fall() -> None:
+    from spa_core.evaluation.tune_rho import RhoPoint, suggest_rho
+
+    curve = [RhoPoint(0.2, 1.0, 10, 0.80), RhoPoint(0.4, 4.0, 20, 0.85),
+             RhoPoint(0.6, 9.0, 30, 0.80), RhoPoint(0.8, 25.0, 40, 0.55),
+             RhoPoint(1.0, 80.0, 50, 0.60)]
+    assert suggest_rho(curve) == 9.0  # 0.80 >= 0.9 * 0.85; 0.55 is not
+    assert suggest_rho(curve, tolerance=0.0) == 4.0
+    assert suggest_rho([]) is None
