@@ -81,7 +81,8 @@ def tune_rho(ctx: StageContext, url: str, model: str, *, api_key: str | None = N
     strong_backend = OpenAIBackend(url, model, api_key=api_key)
     chosen = [rows[k] for k in order]
     a, b, _, _ = judge(ctx, [text_of[cols["prompt_id"][i]] for i in chosen],
-                       [cols["response"][i] for i in chosen], backend=strong_backend)
+                       [cols["response"][i] for i in chosen], backend=strong_backend,
+                       temperature=0.0)
     keep = [j for j in range(len(order)) if a[j] is not None and b[j] is not None]
     w = weak[[order[j] for j in keep]]
     s = np.array([[a[j], b[j]] for j in keep], dtype=float)

@@ -3,7 +3,8 @@
 Both models answer greedily; one judge (this iteration's starting policy, as in the
 method) scores both, so the comparison is not confounded by a change of judge:
 
-* score-based: the paper's template, 1..10 on the primary objective and on helpfulness;
+* score-based: the paper's template at temperature 0, 1..10 on the primary objective and
+  on helpfulness;
   means and HH_lambda (lambda 5, 10, 20) with bootstrap intervals;
 * pairwise: before vs after on each dimension, asked in both orders to cancel position
   bias; win / tie / loss rates of the trained model with bootstrap intervals.
@@ -71,7 +72,8 @@ def run_evaluate(ctx: StageContext) -> dict:
             answers = [r.text for r in ctx.backend(model_path).generate(requests, on_done=advance)]
         if model_path is not None:  # free the trained model before judging
             ctx.release(model_path)
-        a, b, status, _ = judge(ctx, prompts, answers, backend=judge_backend)
+        # Greedy judging (the paper's evaluation), whatever scoring.temperature says.
+        a, b, status, _ = judge(ctx, prompts, answers, backend=judge_backend, temperature=0.0)
         columns |= {
             f"{label}_response": pa.array(answers, pa.string()),
             f"{label}_score_a": pa.array(a, pa.float64()),

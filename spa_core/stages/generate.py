@@ -115,17 +115,19 @@ def run_sample(ctx: StageContext) -> dict:
 
 def judge(ctx: StageContext, instructions: Sequence[str], responses: Sequence[str | None],
           advance: Callable[[int], None] | None = None, model_path: str | None = None,
-          backend: Backend | None = None,
+          backend: Backend | None = None, temperature: float | None = None,
           ) -> tuple[list[float | None], list[float | None], list[str], list[str | None]]:
     """Score responses on (primary, secondary); retry unparseable answers.
 
-    The judge is `backend`, else the policy at `model_path` (this iteration's by default).
+    The judge is `backend`, else the policy at `model_path` (this iteration's by default);
+    its first attempt samples at `temperature` (default: `scoring.temperature`).
     Returns score_a, score_b (None when missing), the parse status and the raw judge text.
     A response that is itself missing is not sent to the judge and scores as missing.
     """
     sc, obj = ctx.spec.scoring, ctx.spec.objectives
     names = dimension_names(obj.primary, obj.secondary)
     backend = backend or ctx.backend(model_path)
+    first_temperature = sc.temperature if temperature is None else temperature
     use_schema = sc.structured_output == "on" or (
         sc.structured_output == "auto" and backend.supports_json_schema)
     schema = score_json_schema(obj.primary, obj.secondary) if use_schema else None
@@ -144,8 +146,8 @@ def judge(ctx: StageContext, instructions: Sequence[str], responses: Sequence[st
                 messages=judge_messages(
                     responses[i], obj.primary, obj.constitution, obj.secondary,
                     instruction=instructions[i] if sc.include_instruction else None),
-                temperature=sc.temperature if attempt == 0 else max(sc.temperature,
-                                                                    RETRY_TEMPERATURE),
+                temperature=first_temperature if attempt == 0 else max(first_temperature,
+                                                                       RETRY_TEMPERATURE),
                 max_tokens=sc.max_tokens, json_schema=schema,
                 seed=attempt * 7919 + i,
             )
