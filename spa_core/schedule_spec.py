@@ -10,9 +10,9 @@ from __future__ import annotations
 import zoneinfo
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from spa_core.spec import ObjectMeta, RunSpec, SpecError, _format, _Spec
+from spa_core.spec import ObjectMeta, RunSpec, _Spec, parse_document
 
 __all__ = ["CRON_PATTERN", "SPAAlignmentSchedule", "ScheduleSpec", "parse_schedule"]
 
@@ -75,11 +75,4 @@ class SPAAlignmentSchedule(_Spec):
 
 def parse_schedule(document: dict[str, Any], *, source: str = "<spec>") -> SPAAlignmentSchedule:
     """Validate a schedule document; raise SpecError naming every bad field and its bounds."""
-    if not isinstance(document, dict):
-        raise SpecError(f"{source}: expected a mapping with apiVersion, kind, metadata, spec")
-    try:
-        return SPAAlignmentSchedule.model_validate(document)
-    except ValidationError as exc:
-        raise SpecError(
-            f"{source}: invalid SPAAlignmentSchedule:\n{_format(exc, SPAAlignmentSchedule)}"
-        ) from None
+    return parse_document(SPAAlignmentSchedule, document, source=source)

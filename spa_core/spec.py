@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -25,6 +25,7 @@ __all__ = [
     "EvaluationSpec",
     "GeneratorSpec",
     "IterationsSpec",
+    "JudgeSpec",
     "ModelSpec",
     "ObjectivesSpec",
     "PromptsSpec",
@@ -39,6 +40,7 @@ __all__ = [
     "TrainingSpec",
     "WorkloadSpec",
     "load_run",
+    "parse_document",
     "parse_run",
 ]
 
@@ -512,14 +514,23 @@ def _format(error: ValidationError, model: type[BaseModel]) -> str:
     return "\n".join(lines)
 
 
-def parse_run(document: dict[str, Any], *, source: str = "<spec>") -> SPAAlignmentRun:
-    """Validate a run document; raise SpecError naming every bad field and its bounds."""
+_Document = TypeVar("_Document", bound=BaseModel)
+
+
+def parse_document(model: type[_Document], document: Any, *, source: str = "<spec>") -> _Document:
+    """Validate a whole document (apiVersion, kind, metadata, spec) as `model`; raise
+    SpecError naming every bad field and its bounds."""
     if not isinstance(document, dict):
         raise SpecError(f"{source}: expected a mapping with apiVersion, kind, metadata, spec")
     try:
-        return SPAAlignmentRun.model_validate(document)
+        return model.model_validate(document)
     except ValidationError as exc:
-        raise SpecError(f"{source}: invalid SPAAlignmentRun:\n{_format(exc, SPAAlignmentRun)}") from None
+        raise SpecError(f"{source}: invalid {model.__name__}:\n{_format(exc, model)}") from None
+
+
+def parse_run(document: dict[str, Any], *, source: str = "<spec>") -> SPAAlignmentRun:
+    """Validate a run document; raise SpecError naming every bad field and its bounds."""
+    return parse_document(SPAAlignmentRun, document, source=source)
 
 
 def load_run(path: str | Path) -> SPAAlignmentRun:
