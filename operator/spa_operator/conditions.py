@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from spa_operator.timestamps import stamp
+
 __all__ = ["set_condition"]
 
 
@@ -18,7 +20,7 @@ def set_condition(conditions: list[dict[str, Any]], type_: str, status: str, rea
         "status": status,
         "reason": reason,
         "message": message,
-        "lastTransitionTime": now.strftime("%Y-%m-%dT%H:%M:%SZ") if changed
+        "lastTransitionTime": stamp(now) if changed
         else previous["lastTransitionTime"],
     }
     if generation is not None:

@@ -11,6 +11,7 @@ from typing import Any
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from spa_operator.status import RunPhase
+from spa_operator.timestamps import parse_time
 
 __all__ = [
     "RECONCILE_ERRORS",
@@ -58,16 +59,10 @@ def forget_run(namespace: str, name: str) -> None:
         _publish(namespace)
 
 
-def _time(value: Any) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def observe_stage_end(old: dict[str, Any], new: dict[str, Any], now: datetime) -> None:
     """When a reconciliation moved a run to another stage, how long the last one took."""
     moved = (old.get("stage"), old.get("iteration")) != (new.get("stage"), new.get("iteration"))
-    started = _time(old.get("stageStartTime"))
+    started = parse_time(old.get("stageStartTime"))
     if moved and old.get("stage") and started is not None:
         STAGE_DURATION.labels(stage=old["stage"]).observe((now - started).total_seconds())
 

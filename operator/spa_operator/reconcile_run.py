@@ -18,6 +18,7 @@ from spa_operator.config import OperatorConfig
 from spa_operator.errors import ClusterSpecError, InvalidObject
 from spa_operator.observe import evaluation_headline, pipeline_counts, pod_failure
 from spa_operator.plan import Step, plan
+from spa_operator.timestamps import stamp
 
 __all__ = ["RunObject", "reconcile_run"]
 
@@ -53,11 +54,7 @@ def _failed_status(run: RunObject, reason: str, message: str, now: datetime) -> 
                                message, run.generation, now)
     return {"phase": "Failed", "message": message, "conditions": conditions,
             "observedGeneration": run.generation,
-            "completionTime": run.status.get("completionTime") or _stamp(now)}
-
-
-def _stamp(now: datetime) -> str:
-    return now.strftime("%Y-%m-%dT%H:%M:%SZ")
+            "completionTime": run.status.get("completionTime") or stamp(now)}
 
 
 def reconcile_run(run: RunObject, cluster: Cluster, config: OperatorConfig,
@@ -112,9 +109,9 @@ def _status(run: RunObject, spec: RunSpec, step: Step, cluster: Cluster, config:
         "artifacts": _artifacts(run, spec, step, config),
     }
     if not old.get("startTime") and step.phase != "Suspended":
-        new["startTime"] = _stamp(now)
+        new["startTime"] = stamp(now)
     if step.phase in TERMINAL:
-        new["completionTime"] = old.get("completionTime") or _stamp(now)
+        new["completionTime"] = old.get("completionTime") or stamp(now)
     counts = _counts(run, step, cluster)
     if counts is not None:
         new["counts"] = counts
@@ -125,7 +122,7 @@ def _status(run: RunObject, spec: RunSpec, step: Step, cluster: Cluster, config:
 
     moved = (old.get("phase"), old.get("stage"), old.get("iteration")) != \
         (step.phase, step.stage, step.iteration)
-    new["stageStartTime"] = _stamp(now) if moved or not old.get("stageStartTime") \
+    new["stageStartTime"] = stamp(now) if moved or not old.get("stageStartTime") \
         else old["stageStartTime"]
     if moved:
         kind = "Warning" if step.phase == "Failed" else "Normal"

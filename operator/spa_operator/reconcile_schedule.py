@@ -25,6 +25,7 @@ from spa_operator import names
 from spa_operator.builders.common import Owner
 from spa_operator.conditions import set_condition
 from spa_operator.errors import ClusterSpecError, InvalidObject
+from spa_operator.timestamps import parse_time, stamp
 
 __all__ = [
     "SCHEDULED_AT_ANNOTATION",
@@ -72,16 +73,6 @@ class SchedulePlan:
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-def _stamp(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-
-
 def _phase(run: dict[str, Any]) -> str | None:
     return (run.get("status") or {}).get("phase")
 
@@ -89,7 +80,7 @@ def _phase(run: dict[str, Any]) -> str | None:
 def _scheduled_at(run: dict[str, Any]) -> datetime:
     meta = run.get("metadata") or {}
     at = (meta.get("annotations") or {}).get(SCHEDULED_AT_ANNOTATION)
-    return _parse_time(at) or _parse_time(meta.get("creationTimestamp")) or datetime.min.replace(
+    return parse_time(at) or parse_time(meta.get("creationTimestamp")) or datetime.min.replace(
         tzinfo=UTC)
 
 
@@ -119,7 +110,7 @@ def _run_document(obj: ScheduleObject, spec: ScheduleSpec, at: datetime,
             "name": names.scheduled_run(obj.name, minutes),
             "namespace": obj.namespace,
             "labels": {SCHEDULE_LABEL: obj.name},
-            "annotations": {SCHEDULED_AT_ANNOTATION: _stamp(at)},
+            "annotations": {SCHEDULED_AT_ANNOTATION: stamp(at)},
             "ownerReferences": [obj.owner.reference()],
         },
         "spec": copy.deepcopy(run_spec),
@@ -156,7 +147,7 @@ def plan_schedule(obj: ScheduleObject, spec: ScheduleSpec, runs: list[dict[str, 
     plan.delete += _pruned(succeeded, spec.successful_runs_history_limit)
     plan.delete += _pruned(failed, spec.failed_runs_history_limit)
 
-    last_schedule = _parse_time(old.get("lastScheduleTime")) or obj.created
+    last_schedule = parse_time(old.get("lastScheduleTime")) or obj.created
     reason, message = "Scheduled", f"next runs on {spec.schedule!r}"
     due = None if spec.suspend else last_firing(spec, last_schedule, now)
     if spec.suspend:
@@ -165,13 +156,13 @@ def plan_schedule(obj: ScheduleObject, spec: ScheduleSpec, runs: list[dict[str, 
         late = (now - due).total_seconds()
         if spec.starting_deadline_seconds is not None and late > spec.starting_deadline_seconds:
             reason = "MissedSchedule"
-            message = (f"skipped the firing of {_stamp(due)}: {late:.0f}s late, more than "
+            message = (f"skipped the firing of {stamp(due)}: {late:.0f}s late, more than "
                        f"startingDeadlineSeconds ({spec.starting_deadline_seconds})")
             plan.events.append(("Warning", reason, message))
             last_schedule = due
         elif active and spec.concurrency_policy == "Forbid":
             reason = "WaitingForActiveRun"
-            message = (f"the firing of {_stamp(due)} waits: "
+            message = (f"the firing of {stamp(due)} waits: "
                        f"{', '.join(sorted(r['metadata']['name'] for r in active))} still running "
                        "(concurrencyPolicy Forbid)")
         else:
@@ -184,7 +175,7 @@ def plan_schedule(obj: ScheduleObject, spec: ScheduleSpec, runs: list[dict[str, 
             chained = f" from {last_model}" if spec.chain and last_model else ""
             created = plan.create["metadata"]["name"]
             plan.events.append(("Normal", "Created", f"created run {created}{chained}"))
-            reason, message = "Scheduled", f"created {created} for {_stamp(due)}{chained}"
+            reason, message = "Scheduled", f"created {created} for {stamp(due)}{chained}"
             last_schedule = due
             active = [*active, plan.create]
 
@@ -198,7 +189,7 @@ def plan_schedule(obj: ScheduleObject, spec: ScheduleSpec, runs: list[dict[str, 
         "conditions": conditions,
     }
     if old.get("lastScheduleTime") or last_schedule != obj.created:
-        plan.status["lastScheduleTime"] = _stamp(last_schedule)
+        plan.status["lastScheduleTime"] = stamp(last_schedule)
     for key, value in (("lastSuccessfulRun", last_run), ("lastSuccessfulTime", last_time),
                        ("lastModel", last_model)):
         if value:
