@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -21,6 +23,7 @@ from spa_operator.reconcile_schedule import (
     ScheduleObject,
     reconcile_schedule,
 )
+from spa_operator.timestamps import parse_time
 
 __all__ = [
     "configure_operator",
@@ -73,28 +76,47 @@ def _config() -> OperatorConfig:
     return OperatorConfig.from_env()
 
 
-def reconcile_handler(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger,
-                      **_: Any) -> None:
+def _poster(body: kopf.Body) -> Callable[[str, str, str], None]:
+    """post_event(type, reason, message) on `body`, messages cut to the Event API's size."""
+
+    def post_event(kind: str, reason: str, message: str) -> None:
+        kopf.event(body, type=kind, reason=reason, message=message[:1024])
+
+    return post_event
+
+
+@contextmanager
+def _counted(kind: str, patch: kopf.Patch,
+             on_invalid: Callable[[dict[str, Any]], None] | None = None) -> Iterator[None]:
+    """Map a reconciliation's failures onto kopf and the error counter: a spec that can never
+    run writes its status (after `on_invalid(status)`) and is permanent; anything else is
+    counted and retried by kopf."""
+    try:
+        yield
+    except InvalidObject as exc:
+        metrics.RECONCILE_ERRORS.labels(kind=kind, error="InvalidSpec").inc()
+        if on_invalid is not None:
+            on_invalid(exc.status)
+        patch.status.update(exc.status)
+        raise kopf.PermanentError(str(exc)) from None
+    except Exception as exc:
+        metrics.RECONCILE_ERRORS.labels(kind=kind, error=type(exc).__name__).inc()
+        raise
+
+
+def reconcile_handler(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     """One reconciliation; status goes into kopf's patch, errors into kopf's error kinds."""
     meta = body["metadata"]
     run = RunObject(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"],
                     generation=meta.get("generation", 1), spec=dict(body.get("spec") or {}),
                     status=dict(body.get("status") or {}))
-
-    def post_event(kind: str, reason: str, message: str) -> None:
-        kopf.event(body, type=kind, reason=reason, message=message[:1024])
-
     now = datetime.now(UTC)
-    try:
-        status = reconcile_run(run, _cluster(), _config(), post_event, now)
-    except InvalidObject as exc:
-        metrics.RECONCILE_ERRORS.labels(kind=RUN_KIND, error="InvalidSpec").inc()
-        metrics.observe_run(run.namespace, run.name, exc.status.get("phase"))
-        patch.status.update(exc.status)
-        raise kopf.PermanentError(str(exc)) from None
-    except Exception as exc:  # kopf retries; the count shows it
-        metrics.RECONCILE_ERRORS.labels(kind=RUN_KIND, error=type(exc).__name__).inc()
-        raise
+
+    def failed(status: dict[str, Any]) -> None:
+        metrics.observe_run(run.namespace, run.name, status.get("phase"))
+
+    with _counted(RUN_KIND, patch, on_invalid=failed):
+        status = reconcile_run(run, _cluster(), _config(), _poster(body), now)
     metrics.observe_run(run.namespace, run.name, (status or run.status).get("phase"))
     if status:
         metrics.observe_stage_end(run.status, status, now)
@@ -111,22 +133,11 @@ def forget_handler(body: kopf.Body, event: dict[str, Any], **_: Any) -> None:
 def reconcile_schedule_handler(body: kopf.Body, patch: kopf.Patch, **_: Any) -> None:
     """One pass over a schedule: fire what is due, chain, prune; status into kopf's patch."""
     meta = body["metadata"]
-    created = datetime.fromisoformat(meta["creationTimestamp"].replace("Z", "+00:00"))
     obj = ScheduleObject(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"],
-                         generation=meta.get("generation", 1), created=created,
+                         generation=meta.get("generation", 1),
+                         created=parse_time(meta["creationTimestamp"]),
                          spec=dict(body.get("spec") or {}), status=dict(body.get("status") or {}))
-
-    def post_event(kind: str, reason: str, message: str) -> None:
-        kopf.event(body, type=kind, reason=reason, message=message[:1024])
-
-    try:
-        status = reconcile_schedule(obj, _schedule_cluster(), post_event)
-    except InvalidObject as exc:
-        metrics.RECONCILE_ERRORS.labels(kind=SCHEDULE_KIND, error="InvalidSpec").inc()
-        patch.status.update(exc.status)
-        raise kopf.PermanentError(str(exc)) from None
-    except Exception as exc:
-        metrics.RECONCILE_ERRORS.labels(kind=SCHEDULE_KIND, error=type(exc).__name__).inc()
-        raise
+    with _counted(SCHEDULE_KIND, patch):
+        status = reconcile_schedule(obj, _schedule_cluster(), _poster(body))
     if status:
         patch.status.update(status)
