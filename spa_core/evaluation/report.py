@@ -346,9 +346,7 @@ def write_report(root: RunDir, name: str, spec: dict[str, Any], iterations: int,
             (out / file).write_bytes(buf.getvalue())
             return file
 
-        stats = collect(root, i) | _stats(it, "pairs") | {
-            "samples": _stats(it, "samples").get("samples"),
-            "prompts": _stats(it, "prompts").get("prompts")}
+        stats = collect(root, i)  # prompts, samples and every filter's counts
         ev = _stats(it, "evaluate")
         sections = [_headline(ev, spec), _funnel(stats, plot), _dets(it, rho, plot),
                     _pairs(it, plot), _training(it, plot), _scores(it, primary, plot),
