@@ -17,8 +17,6 @@ pub(crate) struct SortedRows<'c, 'a, R, S> {
 impl<'c, 'a, R: ResponseId, S: Score> SortedRows<'c, 'a, R, S> {
     /// Rows per block.
     const ROWS: usize = 1 << 14;
-    /// How many rows ahead of the group being read the columns are prefetched.
-    const AHEAD: usize = 256;
 
     pub(crate) fn new(cols: &'c Columns<'a, R, S>) -> Self {
         Self { cols, unsorted: AtomicBool::new(false) }
@@ -43,10 +41,6 @@ impl<R: ResponseId, S: Score> Groups for SortedRows<'_, '_, R, S> {
             if (start > 0 && pid[start] < pid[start - 1]) || self.unsorted.load(Ordering::Relaxed) {
                 self.unsorted.store(true, Ordering::Relaxed);
                 return Err(NotGrouped);
-            }
-            // Sequential, but five streams that cross pages often: fetch ahead of them.
-            if start + Self::AHEAD < pid.len() {
-                prefetch_row(self.cols, start + Self::AHEAD);
             }
             let p = pid[start];
             let end = start + 1 + pid[start + 1..].iter().take_while(|&&q| q == p).count();
