@@ -1,0 +1,204 @@
+"""The trainer's fast paths equal the straightforward computation: chunked output-layer
+log-probs, padding-free packing, and variable-length attention, in values and gradients."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from spa_core.training.fast import (
+    completion_logps,
+    fast_logps_unsupported,
+    pack_pairs,
+    register_varlen_attention,
+    token_logps,
+)
+
+
+def tiny_llama(attention: str = "sdpa", **config_kw):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        tie_word_embeddings=True, attn_implementation=attention, **config_kw,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def preference_batch(pairs: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
+    """TRL-collated pairs: ragged prompts and completions, right padding, -100 labels."""
+    gen = torch.Generator().manual_seed(seed)
+    batch: dict[str, torch.Tensor] = {}
+    prompts = [int(torch.randint(2, 9, (1,), generator=gen)) for _ in range(pairs)]
+    for side in ("chosen", "rejected"):
+        rows = []
+        for prompt in prompts:
+            completion = int(torch.randint(1, 12, (1,), generator=gen))
+            rows.append((torch.randint(1, 97, (prompt + completion,), generator=gen), prompt))
+        width = max(len(ids) for ids, _ in rows) + 2  # extra padding, as a collator may leave
+        ids = torch.zeros(pairs, width, dtype=torch.long)
+        mask = torch.zeros(pairs, width, dtype=torch.long)
+        labels = torch.full((pairs, width), -100, dtype=torch.long)
+        for i, (tokens, prompt) in enumerate(rows):
+            ids[i, : len(tokens)] = tokens
+            mask[i, : len(tokens)] = 1
+            labels[i, prompt : len(tokens)] = tokens[prompt:]
+        batch.update({f"{side}_input_ids": ids, f"{side}_attention_mask": mask,
+                      f"{side}_labels": labels})
+    return batch
+
+
+def trl_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """TRL's own computation: padded concatenation, full logits, get_batch_logps (mean)."""
+    from trl.import_utils import TRLExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=TRLExperimentalWarning)
+        from trl.experimental.cpo import CPOTrainer
+
+    cat = CPOTrainer.concatenated_inputs(batch, padding_value=0)
+    logits = model(cat["concatenated_input_ids"], attention_mask=cat["concatenated_attention_mask"],
+                   use_cache=False).logits
+    logps = CPOTrainer.get_batch_logps(logits, cat["concatenated_labels"], average_log_prob=True)
+    pairs = batch["chosen_input_ids"].shape[0]
+    return logps[:pairs], logps[pairs:]
+
+
+def gradients(model, chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    # Any function of both sides will do; this one weighs each sequence differently.
+    scale = torch.arange(1, len(chosen) + 1, dtype=chosen.dtype)
+    ((chosen - 2 * rejected) * scale).sum().backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+# --- token_logps ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 7, 64, 10_000])
+def test_chunked_token_logps_equal_the_full_log_softmax(chunk_tokens):
+    torch.manual_seed(1)
+    hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    upstream = torch.randn(37, dtype=torch.float64)
+
+    plain = token_logps(hidden, weight, targets, chunk_tokens=None)
+    expected = torch.log_softmax(hidden @ weight.T, -1)[torch.arange(37), targets]
+    torch.testing.assert_close(plain, expected.float())
+    grads = torch.autograd.grad((plain * upstream).sum(), (hidden, weight))
+
+    chunked = token_logps(hidden, weight, targets, chunk_tokens=chunk_tokens)
+    assert chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, plain, rtol=0, atol=1e-6)
+    chunked_grads = torch.autograd.grad((chunked * upstream).sum(), (hidden, weight))
+    for got, want in zip(chunked_grads, grads, strict=True):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_token_logps_under_bf16_autocast_match_within_bf16_tolerance():
+    torch.manual_seed(2)
+    hidden = torch.randn(40, 32, requires_grad=True)
+    weight = (0.1 * torch.randn(300, 32)).requires_grad_()
+    targets = torch.randint(0, 300, (40,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = token_logps(hidden, weight, targets, chunk_tokens=None)
+        chunked = token_logps(hidden, weight, targets, chunk_tokens=16)
+    # The fp32 truth; both bf16 matmuls are within bf16 rounding of it.
+    truth = token_logps(hidden, weight, targets, chunk_tokens=None)
+    torch.testing.assert_close(chunked, truth, rtol=0, atol=2e-2)
+    torch.testing.assert_close(chunked, plain, rtol=0, atol=2e-2)
+    g_plain = torch.autograd.grad(plain.sum(), (hidden, weight))
+    g_chunked = torch.autograd.grad(chunked.sum(), (hidden, weight))
+    assert g_chunked[1].dtype == torch.float32  # fp32 master weights get fp32 gradients
+    for got, want in zip(g_chunked, g_plain, strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-3)
+
+
+def test_token_logps_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"hidden \(N, H\) and targets \(N,\)"):
+        token_logps(torch.zeros(3, 4), torch.zeros(5, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(ValueError, match="chunk_tokens must be at least 1"):
+        token_logps(torch.zeros(3, 4), torch.zeros(5, 4), torch.zeros(3, dtype=torch.long),
+                    chunk_tokens=0)
+
+
+# --- packing -------------------------------------------------------------------------------
+
+
+def test_packing_drops_every_pad_and_restarts_positions():
+    batch = preference_batch(pairs=3)
+    packed = pack_pairs(batch, padding_free=True, pad_token_id=0)
+    lengths = torch.cat([batch["chosen_attention_mask"].sum(1),
+                         batch["rejected_attention_mask"].sum(1)])
+    assert packed.input_ids.shape == (1, int(lengths.sum()))
+    assert packed.attention_mask is None
+    assert packed.cu_seqlens.tolist() == [0, *torch.cumsum(lengths, 0).tolist()]
+    starts = packed.position_ids[0] == 0
+    assert starts.sum() == 6 and packed.max_length == int(lengths.max())
+    completion_tokens = int((batch["chosen_labels"] != -100).sum()
+                            + (batch["rejected_labels"] != -100).sum())
+    assert len(packed.targets) == completion_tokens
+    assert torch.equal(packed.input_ids.view(-1)[packed.index + 1], packed.targets)
+    assert packed.sequence.tolist() == sorted(packed.sequence.tolist())
+
+
+# --- the model call ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("padding_free", "chunk_tokens"), [
+    (False, None), (False, 5), (True, None), (True, 5),
+])
+def test_completion_logps_equal_trl_in_values_and_gradients(padding_free, chunk_tokens):
+    model = tiny_llama()
+    batch = preference_batch(pairs=3)
+    want = trl_logps(model, batch)
+    want_grads = gradients(model, *want)
+
+    got = completion_logps(model, batch, padding_free=padding_free, chunk_tokens=chunk_tokens,
+                           pad_token_id=0)
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == (3,)
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+    got_grads = gradients(model, *got)
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    # The model's own output layer is back in place afterwards.
+    assert isinstance(model.get_output_embeddings(), torch.nn.Linear)
+
+
+def test_varlen_attention_on_packed_pairs_equals_padded_sdpa(monkeypatch):
+    batch = preference_batch(pairs=4, seed=3)
+    want = trl_logps(tiny_llama("sdpa"), batch)
+    model = tiny_llama(register_varlen_attention())
+    # On a CPU, varlen attention is one causal sdpa call per sequence and layer: count them.
+    sdpa, calls = torch.nn.functional.scaled_dot_product_attention, []
+
+    def counted(query, *args, **kwargs):
+        calls.append((query.shape[2], kwargs.get("is_causal")))
+        return sdpa(query, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    got = completion_logps(model, batch, padding_free=True, chunk_tokens=8, pad_token_id=0)
+    monkeypatch.undo()
+    lengths = torch.cat([batch["chosen_attention_mask"].sum(1),
+                         batch["rejected_attention_mask"].sum(1)]).tolist()
+    assert calls == [(n, True) for n in lengths] * 2  # 8 sequences, 2 layers
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+    # A padded batch through the same model takes the masked sdpa route.
+    padded = completion_logps(model, batch, padding_free=False, chunk_tokens=8, pad_token_id=0)
+    for g, w in zip(padded, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
+
+
+def test_models_with_transformed_logits_are_refused():
+    assert fast_logps_unsupported(tiny_llama()) is None
+    capped = tiny_llama()
+    capped.config.final_logit_softcapping = 30.0
+    assert "final_logit_softcapping=30.0" in fast_logps_unsupported(capped)
