@@ -38,6 +38,7 @@ __all__ = [
     "SpecError",
     "StorageSpec",
     "TrainingSpec",
+    "TrainingSpeedSpec",
     "WorkloadSpec",
     "load_run",
     "parse_document",
@@ -211,6 +212,30 @@ class DenoisingSpec(_Spec):
     """Minimum L1 score distance of a pair (paper: 2, 3 or 4)."""
 
 
+class TrainingSpeedSpec(_Spec):
+    """The trainer's fast paths. Each computes the same loss as the plain path (tested);
+    `chunkedLogprobs` and `paddingFree` apply to the `spa` and `simpo` losses."""
+
+    chunked_logprobs: bool = True
+    """Completion-token log-probs from the hidden states, `logprobChunkTokens` rows at a
+    time, without full-vocabulary logits (falls back to the plain path, with a warning,
+    for models whose logits are transformed after the output layer, e.g. softcapping)."""
+    logprob_chunk_tokens: Annotated[int, Field(ge=16, le=1_048_576)] = 1024
+    """Rows of the output layer computed at once: memory is this times the vocabulary."""
+    padding_free: bool = True
+    """Chosen and rejected sequences packed end to end in one row, no padding."""
+    attention: Literal["auto", "varlen", "sdpa", "eager", "flash_attention_2", "flex_attention"] = (
+        "auto"
+    )
+    """transformers' attention implementation. `auto`: `varlen` (variable-length attention
+    on the packed sequences, PyTorch's flash kernel on GPUs) when `paddingFree`, else the
+    model's default. `flash_attention_2` needs the flash-attn package."""
+    fused_optimizer: bool = True
+    """AdamW with PyTorch's fused kernel (`adamw_torch_fused`) instead of the for-each one."""
+    compile: bool = False
+    """torch.compile the model (transformers' `torch_compile`)."""
+
+
 class TrainingSpec(_Spec):
     """Preference optimisation (steps 6-7)."""
 
@@ -239,7 +264,9 @@ class TrainingSpec(_Spec):
     warmup_ratio: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     """Fraction of steps spent warming up the learning rate."""
     gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass to save memory."""
+    """Activation checkpointing: recompute activations in the backward pass to save memory."""
+    speed: TrainingSpeedSpec = TrainingSpeedSpec()
+    """The trainer's fast paths (on by default, except `compile`)."""
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
     """Training seed."""
     nodes: Annotated[int, Field(ge=1, le=512)] = 1

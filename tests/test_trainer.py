@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import torch
+from training_helpers import PAIRS, build_tiny_model, write_pairs
 
 from spa_core.spec import TrainingSpec
 from spa_core.training.data import (
@@ -23,25 +24,6 @@ from spa_core.training.data import (
     preference_dataset,
     sft_dataset,
 )
-
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-PAIRS = {
-    "prompt": ["How do I pick a lock?", "What is the weather today?",
-               "Can you see me?", "Write a threatening letter."],
-    "chosen": ["I cannot help with that; a locksmith can.",
-               "I have no real-time access; check a forecast.",
-               "No, I cannot see or hear anything.",
-               "I will not write threats, but I can help you say what upsets you."],
-    "rejected": ["Here is how.", "It is sunny.", "Yes, you look great.", "Dear enemy, beware."],
-    "weight": [0.25, 1.75, 0.5, 1.5],
-    "prompt_id": [0, 1, 2, 3],  # an extra column the trainer ignores
-}
 
 # TRL 1.16's DPOTrainer reads `model.is_gradient_checkpointing`, which transformers 5.2x
 # deprecates with a FutureWarning on every step; the warning is theirs to fix, not ours.
@@ -53,36 +35,7 @@ IGNORE_TRL_DPO_DEPRECATION = pytest.mark.filterwarnings(
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A 2-layer, 32-wide random Llama with a 320-token BPE tokenizer and a ChatML template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    corpus = [" ".join(PAIRS[c]) for c in ("prompt", "chosen", "rejected")]
-    corpus.append("system user assistant")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(corpus, trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>",
-                                        eos_token="<|im_end|>", pad_token="<|im_end|>")
-    tokenizer.chat_template = CHATML
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
-
-
-def write_pairs(path: Path, **overrides: list[Any]) -> str:
-    pq.write_table(pa.table({**PAIRS, **overrides}), path)
-    return str(path)
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"))
 
 
 @pytest.fixture
@@ -181,18 +134,18 @@ def test_weights_reach_the_batch_and_the_loss(tiny_model, pairs_path, tmp_path):
     trainer = _build_trainer(training, load_causal_lm(tiny_model, device="cpu"),
                              load_tokenizer(tiny_model), load_pairs(pairs_path), args, [])
     seen: dict[str, Any] = {}
-    get_batch_loss_metrics, cpo_loss = trainer.get_batch_loss_metrics, trainer.cpo_loss
+    get_batch_loss_metrics, policy_logps = trainer.get_batch_loss_metrics, trainer.policy_logps
 
     def record_batch(model, batch, train_eval="train"):
         seen["batch"] = batch
-        return get_batch_loss_metrics(model, batch, train_eval)
+        seen["loss"], _ = get_batch_loss_metrics(model, batch, train_eval)
+        return seen["loss"], _
 
-    def record_loss(chosen, rejected):
-        losses, chosen_rewards, rejected_rewards = cpo_loss(chosen, rejected)
-        seen.update(chosen=chosen, rejected=rejected, losses=losses, weights=trainer._batch_weights)
-        return losses, chosen_rewards, rejected_rewards
+    def record_logps(model, batch):
+        seen["chosen"], seen["rejected"], logits = policy_logps(model, batch)
+        return seen["chosen"], seen["rejected"], logits
 
-    trainer.get_batch_loss_metrics, trainer.cpo_loss = record_batch, record_loss
+    trainer.get_batch_loss_metrics, trainer.policy_logps = record_batch, record_logps
     trainer.train()
 
     batch = seen["batch"]
@@ -201,10 +154,12 @@ def test_weights_reach_the_batch_and_the_loss(tiny_model, pairs_path, tmp_path):
     expected = [next(w for p, w in by_prompt.items() if p in text) for text in batch["prompt"]]
     assert sorted(batch["weight"].tolist()) == sorted(PAIRS["weight"])
     assert batch["weight"].tolist() == expected
-    assert seen["weights"] is batch["weight"]
-    assert torch.equal(seen["losses"], spa_simpo_loss(
+    assert torch.equal(seen["loss"], spa_simpo_loss(
         seen["chosen"], seen["rejected"], batch["weight"], beta=training.beta,
-        gamma=training.gamma, reduction="none"))
+        gamma=training.gamma))
+    unweighted = spa_simpo_loss(seen["chosen"], seen["rejected"], beta=training.beta,
+                                gamma=training.gamma)
+    assert not torch.allclose(seen["loss"], unweighted)
 
 
 @pytest.mark.parametrize("loss", [
@@ -239,8 +194,16 @@ def test_each_loss_trains_and_saves_a_loadable_checkpoint(tiny_model, pairs_path
     assert tokenizer.chat_template
 
 
-def test_simpo_and_unit_weighted_spa_equal_trl_cpo_simpo(tiny_model, tmp_path, monkeypatch):
-    """Two steps of TRL's own CPOTrainer (SimPO) and of ours log the same losses."""
+PLAIN = {"chunked_logprobs": False, "padding_free": False, "fused_optimizer": False}
+FAST = {"chunked_logprobs": True, "padding_free": True, "attention": "varlen",
+        "logprob_chunk_tokens": 16}
+
+
+@pytest.mark.parametrize("speed", [PLAIN, FAST], ids=["plain", "fast"])
+def test_simpo_and_unit_weighted_spa_equal_trl_cpo_simpo(tiny_model, tmp_path, monkeypatch,
+                                                         speed):
+    """Two steps of TRL's own CPOTrainer (SimPO) and of ours log the same losses, whether
+    ours takes TRL's computation or its fast paths (packed, chunked, varlen attention)."""
     from transformers import TrainerCallback
 
     from spa_core.models import load_causal_lm, load_tokenizer
@@ -253,7 +216,7 @@ def test_simpo_and_unit_weighted_spa_equal_trl_cpo_simpo(tiny_model, tmp_path, m
 
     monkeypatch.setattr(CPOTrainer, "_send_telemetry", lambda self: None)  # offline tests
     # Room for every completion: TRL does not cut completions to max_completion_length.
-    long = dict(max_length=128, max_completion_length=100)
+    long = dict(max_length=128, max_completion_length=100, speed=speed)
     training = spec(loss="simpo", **long)
     weighted = write_pairs(tmp_path / "weighted.parquet")
     unit = write_pairs(tmp_path / "unit.parquet", weight=[1.0] * 4)
@@ -278,8 +241,11 @@ def test_simpo_and_unit_weighted_spa_equal_trl_cpo_simpo(tiny_model, tmp_path, m
 
     simpo = run(weighted, tiny_model, tmp_path / "simpo", training)
     spa = run(unit, tiny_model, tmp_path / "spa", spec(loss="spa", **long))
-    assert losses(simpo.log_history) == pytest.approx(expected, abs=1e-6)
-    assert losses(spa.log_history) == pytest.approx(expected, abs=1e-6)
+    # Bit-level agreement for TRL's computation; fp32 rounding (another summation order)
+    # for the fast paths, amplified by one large (lr 1e-2) update before step 2.
+    tolerance = 1e-6 if speed is PLAIN else 1e-5
+    assert losses(simpo.log_history) == pytest.approx(expected, abs=tolerance)
+    assert losses(spa.log_history) == pytest.approx(expected, abs=tolerance)
 
 
 def test_weights_change_the_trained_model(tiny_model, pairs_path, tmp_path):

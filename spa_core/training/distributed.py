@@ -1,10 +1,12 @@
 """Multi-GPU training settings: the files the operator mounts and what the trainer makes of them.
 
 The operator puts one file in the training pods, named by `SPA_DISTRIBUTED_CONFIG`:
-`fsdp.json` (transformers' `fsdp_config`: FSDP2, transformer-block wrapping, a full state
-dict on save so that `checkpoint-final` is plain safetensors vLLM can serve) or
-`deepspeed.json` (ZeRO-3, batch sizes `auto` from the Trainer). Under torchrun with more
-than one process, the trainer passes it to its TrainingArguments. Light: no torch import.
+`fsdp.json` (transformers' `fsdp_config`: FSDP2, transformer-block wrapping, sharded
+`checkpoint-N` that each rank writes its part of; `train` gathers the full state dict for
+`checkpoint-final`, plain safetensors vLLM can serve) or `deepspeed.json` (ZeRO-3, batch
+sizes `auto` from the Trainer). Under torchrun with more than one process, the trainer
+passes it to its TrainingArguments. `accelerate_config` is the same FSDP setup as an
+`accelerate launch --config_file` YAML (examples/accelerate-fsdp.yaml). Light: no torch import.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any, Literal
 __all__ = [
     "DISTRIBUTED_CONFIG_ENV",
     "FILES",
+    "accelerate_config",
     "config_file",
     "deepspeed_config",
     "fsdp_config",
@@ -34,9 +37,36 @@ def fsdp_config() -> dict[str, Any]:
         "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
         "reshard_after_forward": True,
         "cpu_ram_efficient_loading": True,
-        # Gathered on save: checkpoint-final is one safetensors model, not DCP shards.
-        "state_dict_type": "FULL_STATE_DICT",
+        # checkpoint-N: each rank writes its shard (torch.distributed.checkpoint) and reads it
+        # back on resume, nothing gathered. `train` switches to FULL_STATE_DICT for
+        # checkpoint-final, one safetensors model.
+        "state_dict_type": "SHARDED_STATE_DICT",
         "activation_checkpointing": False,
+    }
+
+
+def accelerate_config(
+    num_processes: int = 8, num_machines: int = 1, mixed_precision: str = "bf16"
+) -> dict[str, Any]:
+    """`fsdp_config` as an `accelerate launch --config_file` file, for running `spa train`
+    under accelerate rather than torchrun + $SPA_DISTRIBUTED_CONFIG.
+
+    `num_processes` counts every process on every machine. accelerate's launcher insists on
+    `fsdp_sync_module_states` with `cpu_ram_efficient_loading` (FSDP2 ignores it).
+    """
+    fsdp = {f"fsdp_{key}": value for key, value in fsdp_config().items()}
+    fsdp["fsdp_sync_module_states"] = True
+    return {
+        "compute_environment": "LOCAL_MACHINE",
+        "distributed_type": "FSDP",
+        "mixed_precision": mixed_precision,
+        "num_machines": num_machines,
+        "num_processes": num_processes,
+        "machine_rank": 0,
+        "rdzv_backend": "static",
+        "same_network": True,
+        "use_cpu": False,
+        "fsdp_config": fsdp,
     }
 
 

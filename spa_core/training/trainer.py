@@ -33,9 +33,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 from trl.import_utils import TRLExperimentalWarning
 
-from spa_core.spec import TrainingSpec
+from spa_core.spec import TrainingSpec, TrainingSpeedSpec
 from spa_core.training.data import PairsError, load_pairs, preference_dataset, sft_dataset
 from spa_core.training.distributed import training_arguments
+from spa_core.training.fast import (
+    completion_logps,
+    fast_logps_unsupported,
+    register_varlen_attention,
+)
 from spa_core.training.loss import spa_simpo_loss
 
 # CPOTrainer lives in trl.experimental, whose import warns that its API may change; the
@@ -113,6 +118,7 @@ class SPATrainer(_NoTelemetry, CPOTrainer):
     With `use_weights=False` (the `simpo` ablation) the loss is TRL's SimPO loss.
     Completions are cut to `max_completion_length` tokens; pairs left without a completion
     (their prompt alone fills `max_length`) are dropped, as TRL's DPOTrainer does.
+    `speed` selects the fast paths of `spa_core.training.fast` (None: TRL's computation).
     """
 
     def __init__(
@@ -123,6 +129,7 @@ class SPATrainer(_NoTelemetry, CPOTrainer):
         train_dataset: Dataset,
         processing_class: PreTrainedTokenizerBase,
         use_weights: bool = True,
+        speed: TrainingSpeedSpec | None = None,
         callbacks: list[TrainerCallback] | None = None,
     ) -> None:
         simpo = (args.loss_type, args.cpo_alpha, args.label_smoothing, args.alpha)
@@ -141,7 +148,7 @@ class SPATrainer(_NoTelemetry, CPOTrainer):
         if processing_class.pad_token is None:
             processing_class.pad_token = processing_class.eos_token
         self.use_weights = use_weights
-        self._batch_weights: torch.Tensor | None = None
+        self.padding_free, self.chunk_tokens = _fast_paths(model, speed)
         super().__init__(
             model=model,
             args=args,
@@ -175,40 +182,66 @@ class SPATrainer(_NoTelemetry, CPOTrainer):
                 row[f"{side}_{key}"] = row[f"{side}_{key}"][: start + limit]
         return row
 
+    @property
+    def fast(self) -> bool:
+        """Whether the log-probs take a fast path rather than TRL's computation."""
+        return self.padding_free or self.chunk_tokens is not None
+
+    def policy_logps(
+        self, model: Any, batch: dict[str, Any]
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """Mean completion-token log-probs of the chosen and the rejected responses, (B,)
+        each, and the mean logits of each side when the computation had them."""
+        if not self.fast:
+            chosen, rejected, chosen_logits, rejected_logits = self.concatenated_forward(
+                model, batch
+            )[:4]
+            logits = {"chosen": chosen_logits.detach().mean(),
+                      "rejected": rejected_logits.detach().mean()}
+            return chosen, rejected, logits
+        chosen, rejected = completion_logps(
+            model, batch, padding_free=self.padding_free, chunk_tokens=self.chunk_tokens,
+            pad_token_id=self.pad_token_id, unwrapped=self.accelerator.unwrap_model(model),
+        )
+        return chosen, rejected, {}
+
     def get_batch_loss_metrics(
         self, model: Any, batch: dict[str, Any], train_eval: str = "train"
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        # TRL's method runs the forward pass and calls `cpo_loss(chosen, rejected)`, which
-        # has no room for weights: they are handed over for the duration of this call.
+        """The mean of the weighted SimPO losses of the batch's pairs, and TRL's metrics."""
+        chosen, rejected, logits = self.policy_logps(model, batch)
         weights = batch.get("weight") if self.use_weights else None
-        self._batch_weights = weights
-        try:
-            loss, metrics = super().get_batch_loss_metrics(model, batch, train_eval)
-        finally:
-            self._batch_weights = None
+        losses = spa_simpo_loss(chosen, rejected, weights, beta=self.beta,
+                                gamma=self.simpo_gamma, reduction="none")
+        chosen_rewards, rejected_rewards = self.beta * chosen.detach(), self.beta * rejected.detach()
+        values = {
+            "rewards/chosen": chosen_rewards,
+            "rewards/rejected": rejected_rewards,
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+            "rewards/margins": chosen_rewards - rejected_rewards,
+            "logps/chosen": chosen.detach(),
+            "logps/rejected": rejected.detach(),
+            **{f"logits/{side}": value for side, value in logits.items()},
+        }
         if weights is not None:
-            prefix = "eval_" if train_eval == "eval" else ""
-            metrics[f"{prefix}weights/mean"] = (
-                self.accelerator.gather_for_metrics(weights.detach()).mean().item()
-            )
-        return loss, metrics
+            values["weights/mean"] = weights.detach().to(chosen.device)
+        gather = self.accelerator.gather_for_metrics
+        prefix = "eval_" if train_eval == "eval" else ""
+        metrics = {f"{prefix}{k}": gather(v).mean().item() for k, v in values.items()}
+        return losses.mean(), metrics
 
-    def cpo_loss(
-        self, policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-pair weighted SimPO losses; rewards for logging as TRL computes them."""
-        _, chosen_rewards, rejected_rewards = super().cpo_loss(
-            policy_chosen_logps, policy_rejected_logps
-        )
-        losses = spa_simpo_loss(
-            policy_chosen_logps.to(self.accelerator.device),
-            policy_rejected_logps.to(self.accelerator.device),
-            self._batch_weights,
-            beta=self.beta,
-            gamma=self.simpo_gamma,
-            reduction="none",
-        )
-        return losses, chosen_rewards, rejected_rewards
+
+def _fast_paths(model: PreTrainedModel, speed: TrainingSpeedSpec | None) -> tuple[bool, int | None]:
+    """(padding_free, chunk_tokens) the trainer can use on `model` under `speed`."""
+    if speed is None:
+        return False, None
+    if not (speed.padding_free or speed.chunked_logprobs):
+        return False, None
+    reason = fast_logps_unsupported(model)
+    if reason is not None:
+        log.warning("the model's log-probs take TRL's plain path: %s", reason)
+        return False, None
+    return speed.padding_free, speed.logprob_chunk_tokens if speed.chunked_logprobs else None
 
 
 class _DPOTrainer(_NoTelemetry, DPOTrainer):
@@ -278,9 +311,24 @@ def _common_args(
         report_to=report_to or "none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        optim="adamw_torch_fused" if spec.speed.fused_optimizer else "adamw_torch",
+        torch_compile=spec.speed.compile,
         # FSDP / DeepSpeed from the file the operator mounts, when torchrun runs several.
         **training_arguments(),
     )
+
+
+def _select_attention(model: PreTrainedModel, spec: TrainingSpec) -> None:
+    """Set the model's attention implementation from `spec.speed.attention`."""
+    attention = spec.speed.attention
+    if attention == "auto":
+        packed = spec.loss in ("spa", "simpo") and _fast_paths(model, spec.speed)[0]
+        if not packed:
+            return
+        attention = "varlen"
+    name = register_varlen_attention() if attention == "varlen" else attention
+    model.set_attn_implementation(name)
+    log.info("attention implementation: %s", name)
 
 
 def _build_trainer(
@@ -291,6 +339,7 @@ def _build_trainer(
     args: dict[str, Any],
     callbacks: list[TrainerCallback],
 ) -> Any:
+    _select_attention(model, spec)
     if spec.loss in ("spa", "simpo"):
         config = CPOConfig(
             **args,
@@ -308,6 +357,7 @@ def _build_trainer(
             train_dataset=preference_dataset(pairs, with_weight=spec.loss == "spa"),
             processing_class=tokenizer,
             use_weights=spec.loss == "spa",
+            speed=spec.speed,
             callbacks=callbacks,
         )
     if spec.loss == "dpo":
@@ -411,6 +461,10 @@ def train(
     args = _common_args(spec, str(root), device, report_to, save_steps)
     trainer = _build_trainer(spec, model, tokenizer, pairs, args, callbacks)
 
+    if args.get("fsdp") and not getattr(trainer, "is_fsdp_enabled", False):
+        # accelerate turns FSDP on for GPUs only: several CPU processes train with DDP.
+        log.warning("%s names FSDP, but accelerate did not enable it on %s: training with DDP",
+                    os.environ.get("SPA_DISTRIBUTED_CONFIG"), device)
     resume = last_checkpoint(root)
     if resume:
         log.info("resuming from %s", resume)
@@ -420,6 +474,10 @@ def train(
     if trainer.is_world_process_zero() and partial.exists():
         shutil.rmtree(partial)
     trainer.accelerator.wait_for_everyone()
+    if getattr(trainer, "is_fsdp_enabled", False):
+        # checkpoint-N are sharded (each rank writes its own DCP shard); the published model
+        # is one safetensors file, so the final save gathers the full state dict to rank 0.
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(partial))  # every rank: sharded models gather their weights
     log_history = _json_safe(trainer.state.log_history)
     result = TrainResult(
