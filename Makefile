@@ -8,7 +8,7 @@ export CARGO_TARGET_DIR ?= $(SPA_CACHE)/cargo-target
 UV ?= uv
 RUN := $(UV) run --no-sync
 
-.PHONY: help setup run test lint test-fast test-rust test-operator kube-testenv crds bench images clean
+.PHONY: help setup run test lint test-fast test-rust test-operator kube-testenv crds bench bench-train images clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -46,6 +46,9 @@ crds: ## Regenerate operator/crds and the chart's crds/ from the pydantic specs
 
 bench: setup ## Pair-selection benchmark: Rust vs NumPy vs pure Python
 	$(RUN) python -m spa_core.bench
+
+bench-train: setup ## Training throughput: the project's trainer vs TRL's CPOTrainer (GPU shapes on a GPU; ARGS=...)
+	$(RUN) python -m spa_core.training.throughput $(ARGS)
 
 images: ## Build the operator, worker and trainer images (needs docker buildx; see images/)
 	images/build.sh

@@ -202,3 +202,26 @@ def test_models_with_transformed_logits_are_refused():
     capped = tiny_llama()
     capped.config.final_logit_softcapping = 30.0
     assert "final_logit_softcapping=30.0" in fast_logps_unsupported(capped)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_flash_varlen_and_chunks_match_trl_within_bf16_tolerance():
+    """bf16 autocast on CUDA: PyTorch's flash varlen kernel and the chunked head against
+    TRL's padded sdpa computation, in values and gradients."""
+    from spa_core.training import fast
+
+    batch = {k: v.cuda() for k, v in preference_batch(pairs=8, seed=4).items()}
+    reference = tiny_llama("sdpa").cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        want = trl_logps(reference, batch)
+    want_grads = gradients(reference, *want)
+    model = tiny_llama(register_varlen_attention()).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        got = completion_logps(model, batch, padding_free=True, chunk_tokens=16, pad_token_id=0)
+    assert fast._FLASH_VARLEN["usable"], "PyTorch's varlen kernel failed on this GPU"
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=5e-2)
+    got_grads = gradients(model, *got)
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got_grads[name], grad, rtol=5e-2, atol=5e-3, msg=name)

@@ -1,0 +1,318 @@
+"""Training-throughput benchmark: the project's trainer against TRL's CPOTrainer (SimPO).
+
+``python -m spa_core.training.throughput`` builds random-init Llama-shaped models, synthetic
+preference pairs of fixed token lengths, and trains each variant for ``--warmup`` +
+``--steps`` optimizer steps in this process, one after the other on a fresh model of the
+same seed. It prints one JSON line per (shape, variant): tokens/s after warm-up (prompt and
+completion tokens of both sides of every pair, no padding), MFU, peak GPU memory, and for
+the project's variants the ratios to TRL's figures of the same shape.
+
+Variants: ``trl`` is TRL's CPOTrainer (``loss_type="simpo"``, ``cpo_alpha=0``) with its own
+defaults; ``spa`` is `spa_core.training.trainer.SPATrainer` as `spa train` builds it, with
+the default `TrainingSpeedSpec`; ``spa:key=value,...`` overrides speed settings (and
+``gradient_checkpointing``), e.g. ``spa:padding_free=false`` shows what packing brings.
+
+    python -m spa_core.training.throughput                      # GPU: 135m, 1b, 8b-8l
+    python -m spa_core.training.throughput --shapes tiny        # CPU smoke run
+
+MFU = 6 x parameters x tokens/s / peak bf16 dense FLOP/s of the GPU (`--peak-tflops`,
+default: 989 on H100/H200, 312 on A100; none on CPUs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["SHAPES", "Variant", "main", "parse_variant", "run_variant"]
+
+#: Llama-shaped configurations (random init): hidden, intermediate, layers, heads, kv heads,
+#: vocabulary, tied embeddings.
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
+                 tie_word_embeddings=True),
+    # SmolLM2-135M
+    "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                 num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
+                 tie_word_embeddings=True),
+    # Llama-3.2-1B
+    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+               num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+               tie_word_embeddings=True, rope_theta=500000.0),
+    # Llama-3.1-8B widths, 8 layers (2.27B parameters)
+    "8b-8l": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=8,
+                  num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
+                  tie_word_embeddings=False, rope_theta=500000.0),
+}
+_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "L40S": 362.0}
+_BOOLEAN = {"true": True, "false": False, "1": True, "0": False, "on": True, "off": False}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One trainer configuration to measure."""
+
+    name: str
+    trainer: str  # "spa" or "trl"
+    overrides: dict[str, Any]
+
+
+def parse_variant(text: str) -> Variant:
+    """`trl`, `spa`, or `spa:key=value,...` (speed settings or gradient_checkpointing)."""
+    from spa_core.spec import TrainingSpeedSpec
+
+    trainer, _, rest = text.partition(":")
+    if trainer not in ("spa", "trl"):
+        raise ValueError(f"variant {text!r}: the trainer must be 'spa' or 'trl'")
+    if trainer == "trl" and rest:
+        raise ValueError(f"variant {text!r}: TRL's trainer takes no settings")
+    known = set(TrainingSpeedSpec.model_fields) | {"gradient_checkpointing"}
+    overrides: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise ValueError(
+                f"variant {text!r}: expected key=value with a key among {', '.join(sorted(known))}"
+            )
+        overrides[key] = _BOOLEAN.get(value.lower(), value)
+    return Variant(text, trainer, overrides)
+
+
+def _word_tokenizer(vocab_size: int) -> Any:
+    """One token per word `w<i>`: synthetic texts tokenize to exactly their word count."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<bos>", "<eos>"]
+    vocab = {tok: i for i, tok in enumerate(specials)}
+    vocab.update({f"w{i}": i for i in range(len(specials), vocab_size)})
+    words = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    words.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=words, pad_token="<pad>", bos_token="<bos>",
+                                   eos_token="<eos>")
+
+
+def _pairs(n: int, prompt_tokens: int, completion_tokens: int, vocab_size: int, seed: int) -> Any:
+    from datasets import Dataset
+
+    gen = torch.Generator().manual_seed(seed)
+
+    def text(length: int) -> str:
+        ids = torch.randint(3, vocab_size, (length,), generator=gen).tolist()
+        return " ".join(f"w{i}" for i in ids)
+
+    # The trainer adds a BOS to the prompt and an EOS to each completion, and tokenizes
+    # prompt + completion as one string: the completion starts with a space.
+    return Dataset.from_dict({
+        "prompt": [text(prompt_tokens - 1) for _ in range(n)],
+        "chosen": [" " + text(completion_tokens - 1) for _ in range(n)],
+        "rejected": [" " + text(completion_tokens - 1) for _ in range(n)],
+        "weight": torch.rand(n, generator=gen).add(0.5).tolist(),
+    })
+
+
+class _StepTimer:
+    """Wall time of every optimizer step (the device synchronised at both ends)."""
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        timer = self
+
+        class Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+                _synchronize()
+                timer.started = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+                _synchronize()
+                timer.durations.append(time.perf_counter() - timer.started)
+
+        self.started = 0.0
+        self.durations: list[float] = []
+        self.callback = Callback()
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _peak_tflops(device: str) -> float | None:
+    if device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in _PEAK_TFLOPS.items() if k in name), None)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    from trl.import_utils import TRLExperimentalWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=TRLExperimentalWarning)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        yield
+
+
+def _trainer(variant: Variant, model: Any, tokenizer: Any, dataset: Any, args: argparse.Namespace,
+             output_dir: str, device: str, callbacks: list[Any]) -> Any:
+    from spa_core.spec import TrainingSpec
+    from spa_core.training.trainer import SPATrainer, _common_args, _select_attention
+
+    with _quiet():
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+    speed_keys = set(variant.overrides) - {"gradient_checkpointing"}
+    spec = TrainingSpec(
+        loss="spa", learning_rate=1e-6, warmup_ratio=0.0, max_steps=args.warmup + args.steps,
+        per_device_batch_size=args.pairs_per_step,
+        max_length=args.prompt_tokens + args.completion_tokens + 8,
+        max_completion_length=args.completion_tokens + 4,
+        gradient_checkpointing=bool(variant.overrides.get("gradient_checkpointing", False)),
+        speed={k: variant.overrides[k] for k in speed_keys},
+    )
+    common = _common_args(spec, output_dir, device, None, save_steps=10**9)
+    common.update(save_strategy="no", logging_steps=10**9, seed=args.seed)
+    lengths = dict(max_length=spec.max_length)
+    if variant.trainer == "trl":
+        # TRL's defaults for everything the benchmark does not pin (its optimizer included).
+        for key in ("optim", "torch_compile"):
+            common.pop(key)
+        config = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, **lengths)
+        trainer = CPOTrainer(model=model, args=config, train_dataset=dataset.remove_columns("weight"),
+                             processing_class=tokenizer, callbacks=callbacks)
+        trainer._send_telemetry = lambda: None  # offline
+        return trainer
+    _select_attention(model, spec)
+    config = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, remove_unused_columns=False,
+                       max_completion_length=spec.max_completion_length, **lengths)
+    return SPATrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                      use_weights=True, speed=spec.speed, callbacks=callbacks)
+
+
+def run_variant(shape: str, variant: Variant, args: argparse.Namespace) -> dict[str, Any]:
+    """Train `variant` on a fresh random-init `shape` model; its throughput record."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PrinterCallback
+
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    config = LlamaConfig(**SHAPES[shape], max_position_embeddings=8192)
+    tokenizer = _word_tokenizer(config.vocab_size)
+    config.pad_token_id, config.bos_token_id, config.eos_token_id = 0, 1, 2
+    steps = args.warmup + args.steps
+    dataset = _pairs(steps * args.pairs_per_step, args.prompt_tokens, args.completion_tokens,
+                     config.vocab_size, args.seed)
+    torch.manual_seed(args.seed)
+    with torch.device(device):
+        model = LlamaForCausalLM(config)  # fp32 master weights, as `spa train` loads them
+    params = sum(p.numel() for p in model.parameters())
+    timer = _StepTimer()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as out, _quiet():
+        trainer = _trainer(variant, model, tokenizer, dataset, args, out, device, [timer.callback])
+        trainer.remove_callback(PrinterCallback)  # stdout carries the JSON lines alone
+        rows = trainer.train_dataset
+        tokens_per_pair = sum(
+            len(rows[i]["chosen_input_ids"]) + len(rows[i]["rejected_input_ids"])
+            for i in range(len(rows))
+        ) / len(rows)
+        output = trainer.train()
+    measured = timer.durations[args.warmup:]
+    seconds = sum(measured) / len(measured)
+    tokens_per_s = tokens_per_pair * args.pairs_per_step / seconds
+    peak = _peak_tflops(device) if args.peak_tflops is None else args.peak_tflops
+    record = {
+        "shape": shape,
+        "variant": variant.name,
+        "trainer": variant.trainer,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "parameters": params,
+        "pairs_per_step": args.pairs_per_step,
+        "tokens_per_pair": tokens_per_pair,
+        "step_seconds": seconds,
+        "tokens_per_s": tokens_per_s,
+        "mfu": 6 * params * tokens_per_s / (peak * 1e12) if peak else None,
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None,
+        "train_loss": output.training_loss,
+        "steps": len(measured),
+    }
+    del trainer, model
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return record
+
+
+def _compare(record: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, Any]:
+    if baseline is None or record["trainer"] == "trl":
+        return record
+    ratios = {"tokens_per_s_vs_trl": record["tokens_per_s"] / baseline["tokens_per_s"]}
+    if record["peak_memory_gb"] and baseline["peak_memory_gb"]:
+        ratios["peak_memory_vs_trl"] = record["peak_memory_gb"] / baseline["peak_memory_gb"]
+    return {**record, **ratios}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m spa_core.training.throughput", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--shapes", nargs="+", choices=sorted(SHAPES),
+                        help="model shapes (default: 135m 1b 8b-8l on a GPU, tiny on a CPU)")
+    parser.add_argument("--variant", dest="variants", nargs="+", default=["trl", "spa"],
+                        metavar="VARIANT", help="trl, spa, or spa:key=value,... (default: trl spa)")
+    parser.add_argument("--pairs-per-step", type=int, default=8)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--completion-tokens", type=int, default=384)
+    parser.add_argument("--steps", type=int, default=10, help="measured steps (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=3, help="steps before measuring")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--peak-tflops", type=float, help="the device's peak for MFU")
+    parser.add_argument("--cpu", action="store_true", help="train on the CPU even with a GPU")
+    args = parser.parse_args(argv)
+    for name in ("pairs_per_step", "prompt_tokens", "completion_tokens", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.warmup < 0:
+        parser.error("--warmup must be at least 0")
+    try:
+        variants = [parse_variant(v) for v in args.variants]
+    except ValueError as exc:
+        parser.error(str(exc))
+    on_gpu = torch.cuda.is_available() and not args.cpu
+    shapes = args.shapes or (["135m", "1b", "8b-8l"] if on_gpu else ["tiny"])
+    for shape in shapes:
+        baseline = None
+        # TRL first, so that every other record can carry its ratios.
+        for variant in sorted(variants, key=lambda v: v.trainer != "trl"):
+            try:
+                record = run_variant(shape, variant, args)
+            except torch.OutOfMemoryError as exc:
+                record = {"shape": shape, "variant": variant.name, "error": f"out of memory: {exc}"}
+                gc.collect()
+                torch.cuda.empty_cache()
+            else:
+                if variant.trainer == "trl":
+                    baseline = record
+                record = _compare(record, baseline)
+            print(json.dumps({k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                              for k, v in record.items()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
