@@ -107,7 +107,7 @@ class _ChunkedTokenLogps(torch.autograd.Function):
                 if grad_hidden is not None:
                     grad_hidden[rows] = (grad @ w).to(hidden.dtype)
                 if grad_weight is not None:
-                    grad_weight += (grad.T @ h).float()
+                    grad_weight.add_(grad.T @ h)  # fp32 += compute dtype: no fp32 temporary
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None
