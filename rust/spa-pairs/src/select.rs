@@ -198,27 +198,41 @@ fn select_groups(
         rest = tail;
     }
     tasks.into_par_iter().for_each_init(Vec::new, |buf, (run, slices)| {
-        let mut at = 0;
-        let mut small = Small::new();
-        for (i, k) in run.iter().enumerate() {
-            // Kept groups are scattered: fetch a few ahead.
-            if let Some(ahead) = run.get(i + PREFETCH_GROUPS) {
-                groups.prefetch(ahead.group.handle);
-            }
-            let pid = k.group.prompt_id;
-            let group = read_group(groups, k.group, &mut small, buf);
-            for_each_pair(group, params.delta, |plus, minus, gap| {
-                slices.prompt_id[at] = pid;
-                slices.chosen_id[at] = plus.id;
-                slices.rejected_id[at] = minus.id;
-                slices.gap[at] = gap;
-                slices.weight[at] = weigh.weight(gap);
-                at += 1;
-            });
-        }
-        debug_assert_eq!(at, slices.prompt_id.len());
+        fill_run(groups, run, slices, params, &weigh, buf);
     });
     Ok(Ok(out))
+}
+
+/// Pass 2 over one block's kept groups: their pairs into `slices`, which fit them exactly
+/// (not inlined: its own symbol in profiles, called once per block).
+#[inline(never)]
+fn fill_run(
+    groups: &impl Groups,
+    run: &[Kept],
+    slices: OutSlices<'_>,
+    params: &Params,
+    weigh: &Weigher,
+    buf: &mut Vec<Response>,
+) {
+    let mut at = 0;
+    let mut small = Small::new();
+    for (i, k) in run.iter().enumerate() {
+        // Kept groups are scattered: fetch a few ahead.
+        if let Some(ahead) = run.get(i + PREFETCH_GROUPS) {
+            groups.prefetch(ahead.group.handle, ahead.group.rows);
+        }
+        let pid = k.group.prompt_id;
+        let group = read_group(groups, k.group, &mut small, buf);
+        for_each_pair(group, params.delta, |plus, minus, gap| {
+            slices.prompt_id[at] = pid;
+            slices.chosen_id[at] = plus.id;
+            slices.rejected_id[at] = minus.id;
+            slices.gap[at] = gap;
+            slices.weight[at] = weigh.weight(gap);
+            at += 1;
+        });
+    }
+    debug_assert_eq!(at, slices.prompt_id.len());
 }
 
 /// A kept group's scored rows in ascending response id, through the fast path where it

@@ -65,25 +65,29 @@ impl<R: ResponseId, S: Score> Groups for InPlace<'_, '_, R, S> {
     }
 
     #[inline]
-    fn prefetch(&self, g: usize) {
+    fn prefetch(&self, g: usize, rows: usize) {
         let cols = self.cols;
         match &self.index {
-            RowIndex::Runs { runs } => prefetch_row(cols, runs[g].0),
+            RowIndex::Runs { runs } => prefetch_rows(cols, runs[g].0, rows),
             RowIndex::Gathered { perm, starts } => {
                 perm[starts[g] as usize..starts[g + 1] as usize]
                     .iter()
-                    .for_each(|&i| prefetch_row(cols, i as usize));
+                    .for_each(|&i| prefetch_rows(cols, i as usize, 1));
             }
         }
     }
 }
 
-/// Prefetch row `i` of every column.
+/// Prefetch rows `first..first + rows` of every column: the lines of the first and the
+/// last row (a group of a few rows spans at most two lines of a column, often two).
 #[inline(always)]
-pub(super) fn prefetch_row<R, S>(cols: &Columns<'_, R, S>, i: usize) {
-    memory::prefetch(&cols.prompt_id[i]);
-    memory::prefetch(&cols.response_id[i]);
-    memory::prefetch(&cols.score_a[i]);
-    memory::prefetch(&cols.score_b[i]);
-    memory::prefetch(&cols.is_refined[i]);
+pub(super) fn prefetch_rows<R, S>(cols: &Columns<'_, R, S>, first: usize, rows: usize) {
+    let last = first + rows.max(1) - 1;
+    memory::prefetch(&cols.prompt_id[first]);
+    for i in [first, last] {
+        memory::prefetch(&cols.response_id[i]);
+        memory::prefetch(&cols.score_a[i]);
+        memory::prefetch(&cols.score_b[i]);
+        memory::prefetch(&cols.is_refined[i]);
+    }
 }

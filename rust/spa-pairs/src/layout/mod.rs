@@ -53,8 +53,9 @@ pub(crate) trait Groups: Sync {
     fn visit_block(&self, b: usize, f: impl FnMut(Group)) -> Result<(), NotGrouped>;
     /// Row `i` of a visited group (`i < rows`), in the group's stored order.
     fn row(&self, handle: usize, i: usize) -> Row;
-    /// Hint that a group will be read soon (where groups are not read in memory order).
-    fn prefetch(&self, handle: usize);
+    /// Hint that a group of `rows` rows will be read soon (where groups are not read in
+    /// memory order): the cache lines of its first and its last row.
+    fn prefetch(&self, handle: usize, rows: usize);
 
     /// A group's scored rows into `buf` (see [`group::load`]); returns its rows with a
     /// missing score.
@@ -89,7 +90,7 @@ fn visit_indexed(
     let end = ((b + 1) * BLOCK).min(len);
     for g in b * BLOCK..end {
         if g + PREFETCH_GROUPS < end {
-            groups.prefetch(g + PREFETCH_GROUPS);
+            groups.prefetch(g + PREFETCH_GROUPS, rows(g + PREFETCH_GROUPS));
         }
         f(Group { handle: g, rows: rows(g), prompt_id: prompt_id(g) });
     }

@@ -245,8 +245,9 @@ impl<T: Compact> Groups for Packed<T> {
     }
 
     #[inline]
-    fn prefetch(&self, handle: usize) {
+    fn prefetch(&self, handle: usize, rows: usize) {
         memory::prefetch(self.rows.0[handle].get());
+        memory::prefetch(self.rows.0[handle + rows.max(1) - 1].get());
     }
 
     #[inline(always)]

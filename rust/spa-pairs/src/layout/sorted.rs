@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::in_place::prefetch_row;
+use super::in_place::prefetch_rows;
 use super::{Group, Groups, NotGrouped};
 use crate::group::{self, Outline, Row, Small, SMALL};
 use crate::{Columns, ResponseId, Score};
@@ -51,8 +51,8 @@ impl<R: ResponseId, S: Score> Groups for SortedRows<'_, '_, R, S> {
     }
 
     #[inline]
-    fn prefetch(&self, start: usize) {
-        prefetch_row(self.cols, start);
+    fn prefetch(&self, start: usize, rows: usize) {
+        prefetch_rows(self.cols, start, rows);
     }
 
     #[inline(always)]
