@@ -184,6 +184,9 @@ def test_each_loss_trains_and_saves_a_loadable_checkpoint(tiny_model, pairs_path
     if loss == "spa":
         assert "weights/mean" in result.log_history[0]
     assert (final / "model.safetensors").is_file()
+    # The training-only attention (varlen, registered in this process) stays out of the
+    # saved config: vLLM and a fresh process load the model as it was.
+    assert "spa_varlen" not in (final / "config.json").read_text()
     out = tmp_path / "out"
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(("checkpoint", "."))]
     assert leftovers == ["checkpoint-final"]  # no checkpoint-N, no partial save
@@ -253,6 +256,18 @@ def test_weights_change_the_trained_model(tiny_model, pairs_path, tmp_path):
     weighted = run(pairs_path, tiny_model, tmp_path / "weighted", spec())
     plain = run(unit, tiny_model, tmp_path / "plain", spec())
     assert losses(weighted.log_history) != pytest.approx(losses(plain.log_history), abs=1e-6)
+
+
+def test_activation_checkpointing_trains_exactly_as_without(tiny_model, pairs_path, tmp_path):
+    """The memory option recomputes the layers (packed, varlen attention) in the backward
+    pass and changes nothing else."""
+    plain = run(pairs_path, tiny_model, tmp_path / "plain", spec())
+    checkpointed = run(pairs_path, tiny_model, tmp_path / "ckpt",
+                       spec(gradient_checkpointing=True))
+    assert losses(checkpointed.log_history) == pytest.approx(losses(plain.log_history), abs=1e-6)
+    before, after = state_dict(plain.checkpoint_dir), state_dict(checkpointed.checkpoint_dir)
+    for name, tensor in before.items():
+        torch.testing.assert_close(after[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
 
 
 class Killed(Exception):

@@ -322,8 +322,8 @@ def _select_attention(model: PreTrainedModel, spec: TrainingSpec) -> None:
     """Set the model's attention implementation from `spec.speed.attention`."""
     attention = spec.speed.attention
     if attention == "auto":
-        packed = spec.loss in ("spa", "simpo") and _fast_paths(model, spec.speed)[0]
-        if not packed:
+        packed = spec.loss in ("spa", "simpo") and spec.speed.padding_free
+        if not packed or fast_logps_unsupported(model) is not None:
             return
         attention = "varlen"
     name = register_varlen_attention() if attention == "varlen" else attention
