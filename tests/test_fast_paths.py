@@ -197,6 +197,62 @@ def test_varlen_attention_on_packed_pairs_equals_padded_sdpa(monkeypatch):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-5)
 
 
+def _attend_per_sequence(q, k, v, cu, causal_kwargs):
+    """The reference: causal sdpa per sequence, on (T, heads, D) tensors."""
+    bounds = cu.tolist()
+    return torch.cat([
+        torch.nn.functional.scaled_dot_product_attention(
+            q[a:b].transpose(0, 1), k[a:b].transpose(0, 1), v[a:b].transpose(0, 1),
+            is_causal=True, **causal_kwargs,
+        ).transpose(0, 1)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ])
+
+
+@pytest.mark.parametrize("api", ["2.10", "2.15"])
+def test_flash_varlen_adapts_to_the_pytorch_api_it_finds(monkeypatch, api):
+    """PyTorch's `varlen_attn` is CUDA-only and its signature changed (2.10: is_causal, no
+    scale, no GQA; 2.11+: window_size, scale, enable_gqa). A CPU stand-in with each
+    signature (a mock, as no CUDA kernel runs here) checks the arguments we build."""
+    import torch.nn.attention.varlen as varlen
+
+    from spa_core.training import fast
+
+    calls = []
+    if api == "2.10":
+        def fake(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, is_causal=False):
+            calls.append({"is_causal": is_causal, "heads": (query.shape[1], key.shape[1])})
+            assert is_causal and query.shape[1] == key.shape[1]
+            return _attend_per_sequence(query, key, value, cu_seq_q, {})
+    else:
+        def fake(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, scale=None,
+                 window_size=(-1, -1), enable_gqa=False):
+            calls.append({"window_size": window_size, "enable_gqa": enable_gqa})
+            assert window_size == (-1, 0)
+            return _attend_per_sequence(query, key, value, cu_seq_q,
+                                        {"scale": scale, "enable_gqa": enable_gqa})
+    monkeypatch.setattr(varlen, "varlen_attn", fake)
+    fast._varlen_parameters.cache_clear()
+    monkeypatch.setitem(fast._FLASH_VARLEN, "usable", True)
+    try:
+        torch.manual_seed(5)
+        q, k, v = torch.randn(11, 4, 8), torch.randn(11, 2, 8), torch.randn(11, 2, 8)
+        cu = torch.tensor([0, 4, 11], dtype=torch.int32)
+        want = _attend_per_sequence(q, k, v, cu, {"enable_gqa": True})
+        got = fast._flash_varlen(q, k, v, cu, 7, None)
+        torch.testing.assert_close(got, want)
+        assert len(calls) == 1
+        # A non-default scale: passed where the API takes one, else no flash at all.
+        scaled = fast._flash_varlen(q, k, v, cu, 7, 0.5)
+        if api == "2.10":
+            assert scaled is None and len(calls) == 1
+        else:
+            torch.testing.assert_close(
+                scaled, _attend_per_sequence(q, k, v, cu, {"scale": 0.5, "enable_gqa": True}))
+    finally:
+        fast._varlen_parameters.cache_clear()
+
+
 def test_models_with_transformed_logits_are_refused():
     assert fast_logps_unsupported(tiny_llama()) is None
     capped = tiny_llama()

@@ -24,6 +24,8 @@ straightforward computation.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -315,6 +317,53 @@ def _attention(model: nn.Module) -> str | None:
 _FLASH_VARLEN = {"usable": True}
 
 
+@functools.cache
+def _varlen_parameters() -> frozenset[str]:
+    """The keyword parameters of this PyTorch's `varlen_attn` (none: it has none)."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return frozenset()
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def _flash_varlen(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor, longest: int,
+    scaling: float | None,
+) -> torch.Tensor | None:
+    """PyTorch's variable-length flash attention, causal, `(T, heads, D)`; None where this
+    PyTorch's `varlen_attn` cannot compute exactly that (its API changed across 2.10-2.15)."""
+    params = _varlen_parameters()
+    if not params or not _FLASH_VARLEN["usable"]:
+        return None
+    from torch.nn.attention.varlen import varlen_attn
+
+    kwargs: dict[str, Any] = {}
+    if "window_size" in params:  # 2.11 and later
+        kwargs["window_size"] = (-1, 0)
+    elif "is_causal" in params:  # 2.10
+        kwargs["is_causal"] = True
+    else:
+        return None
+    default_scale = scaling is None or scaling == q.shape[-1] ** -0.5
+    if "scale" in params:
+        kwargs["scale"] = scaling
+    elif not default_scale:
+        return None
+    if q.shape[1] != k.shape[1]:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            groups = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    try:
+        return varlen_attn(q, k, v, cu_seqlens, cu_seqlens, longest, longest, **kwargs)
+    except (RuntimeError, TypeError) as exc:  # no kernel for this GPU, head size or build
+        _FLASH_VARLEN["usable"] = False
+        log.warning("PyTorch's varlen attention failed (%s); attending per sequence", exc)
+        return None
+
+
 def varlen_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -343,17 +392,10 @@ def varlen_attention(
     # (1, heads, T, D) -> (T, heads, D)
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
     gqa = q.shape[1] != k.shape[1]
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16) and _FLASH_VARLEN["usable"]:
-        from torch.nn.attention.varlen import varlen_attn
-
+    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
         longest = int(kwargs.get("max_length_q") or int((cu_seqlens[1:] - cu_seqlens[:-1]).max()))
-        try:
-            out = varlen_attn(q, k, v, cu_seqlens, cu_seqlens, longest, longest, scale=scaling,
-                              window_size=(-1, 0), enable_gqa=gqa)
-        except RuntimeError as exc:  # no kernel for this GPU, head size or build of PyTorch
-            _FLASH_VARLEN["usable"] = False
-            log.warning("PyTorch's varlen attention failed (%s); attending per sequence", exc)
-        else:
+        out = _flash_varlen(q, k, v, cu_seqlens, longest, scaling)
+        if out is not None:
             return out[None], None
     bounds = cu_seqlens.tolist()
     parts = [
