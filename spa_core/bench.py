@@ -6,7 +6,9 @@ integer scores 1..10 with ~3 % missing, rows shuffled (and a grouped variant), t
 * ``rust``: :func:`spa_core.pairs.select_pairs` with the native core;
 * ``numpy``: :func:`select_pairs_numpy` below (sort + reductions + padded broadcasting);
 * ``python``: the reference backend (only up to ``--python-max-rows``);
-* ``read``: a memory-bandwidth baseline, summing every input column on all cores.
+* ``read``: a memory-bandwidth baseline, summing every input column on all cores;
+* ``write``: writing as many bytes as the output's to newly allocated memory on all cores
+  (the first-touch cost any call returning that output pays, large and variable on VMs).
 
 and prints seconds, rows/s, peak RSS growth (absolute and as a multiple of the input size,
 the output included) and the ratios. Not part of the test suite.
@@ -246,6 +248,21 @@ def read_columns(columns: Columns, threads: int) -> float:
         return float(sum(pool.map(lambda p: int(np.bitwise_xor.reduce(p)), pieces)))
 
 
+def write_fresh(nbytes: int, threads: int) -> float:
+    """Write `nbytes` of newly allocated memory on `threads` cores: what a call that returns
+    that much output pays at least for it (the kernel's first-touch faults and zeroing, then
+    the writes), whatever it computes."""
+    out = np.empty(nbytes // 8, dtype=np.uint64)
+    pieces = [out[i : i + (1 << 21)] for i in range(0, out.size, 1 << 21)]
+
+    def fill(piece: np.ndarray) -> None:
+        piece[...] = 1  # (NumPy releases the GIL for this)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(fill, pieces))
+    return float(out[-1]) if out.size else 0.0
+
+
 def _input_bytes(columns: Columns) -> int:
     return sum(c.nbytes for c in columns)
 
@@ -298,6 +315,10 @@ def run_one(n_prompts: int, grouped: bool, args: argparse.Namespace) -> None:
         sel: PairSelection = rust.result
         print(f"   stats: {sel.stats}")
         print(f"   output {_output_bytes(sel) / 2**20:,.0f} MiB")
+        out_bytes = _output_bytes(sel)
+        timings.insert(
+            1, _measure("write", lambda: write_fresh(out_bytes, threads), args.repeat)
+        )
     by_name = {t.name: t for t in timings}
     print(f"   {'':8}{'seconds':>10}{'Mrows/s':>10}{'peak +RSS MiB':>15}{'x input':>9}  ratio")
     for t in timings:
@@ -313,6 +334,9 @@ def run_one(n_prompts: int, grouped: bool, args: argparse.Namespace) -> None:
     if "rust" in by_name:
         rust_s, read_s = by_name["rust"].seconds, by_name["read"].seconds
         print(f"   rust / read = {rust_s / read_s:.1f}x the bandwidth baseline")
+        floor = read_s + by_name["write"].seconds
+        print(f"   rust / (read + write) = {rust_s / floor:.1f}x reading the input and writing "
+              "an output of its size to fresh memory")
 
 
 def main(argv: list[str] | None = None) -> None:

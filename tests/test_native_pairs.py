@@ -229,3 +229,4 @@ def test_benchmark_runs_at_small_size(capsys: pytest.CaptureFixture[str]) -> Non
     main(["--prompts", "500", "--repeat", "1"])
     out = capsys.readouterr().out
     assert "rust / read" in out and "numpy" in out and "python" in out
+    assert "rust / (read + write)" in out
