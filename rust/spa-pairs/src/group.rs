@@ -257,7 +257,9 @@ impl Outline {
         self.n_samples += usize::from(is_sample);
         self.refined = if is_refined { (a, b) } else { self.refined };
         let (ma, mb) = if is_sample { (a, b) } else { (f64::NEG_INFINITY, f64::NEG_INFINITY) };
-        self.max = (self.max.0.max(ma), self.max.1.max(mb));
+        // No NaN reaches here (a scored row has none): a plain comparison, not f64::max's.
+        let larger = |x: f64, y: f64| if x > y { x } else { y };
+        self.max = (larger(ma, self.max.0), larger(mb, self.max.1));
     }
 }
 
@@ -346,7 +348,11 @@ fn pair_masks(group: &[Response], delta: f64) -> [u16; SMALL] {
 }
 
 /// Step 5's pair count and gap sum (the pairs' gaps added left to right in output order).
-#[inline]
+///
+/// Not inlined: inside pass 1's loop the running sum lived on the stack, each addition
+/// waiting for the previous one's store (perf put a tenth of pass 1's samples there); on
+/// its own it stays in a register.
+#[inline(never)]
 pub(crate) fn count_pairs(group: &[Response], delta: f64) -> (u64, f64) {
     let (mut pairs, mut gap_sum) = (0u64, 0.0f64);
     for_each_pair(group, delta, |_, _, gap| {
