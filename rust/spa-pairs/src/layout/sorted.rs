@@ -63,6 +63,15 @@ impl<R: ResponseId, S: Score> Groups for SortedRows<'_, '_, R, S> {
     #[inline(always)]
     fn load_small(&self, g: Group, small: &mut Small) -> Option<(u64, Outline)> {
         let c = self.cols;
+        // The usual group sizes as loops of known length, which the compiler unrolls.
+        match g.rows {
+            4 => return load_exact::<R, S, 4>(c, g.handle, small),
+            5 => return load_exact::<R, S, 5>(c, g.handle, small),
+            6 => return load_exact::<R, S, 6>(c, g.handle, small),
+            7 => return load_exact::<R, S, 7>(c, g.handle, small),
+            8 => return load_exact::<R, S, 8>(c, g.handle, small),
+            _ => {}
+        }
         let range = g.handle..g.handle + g.rows.min(SMALL);
         let it = c.response_id[range.clone()].iter().zip(&c.score_a[range.clone()]);
         let it = it.zip(&c.score_b[range.clone()]).zip(&c.is_refined[range]);
@@ -72,4 +81,20 @@ impl<R: ResponseId, S: Score> Groups for SortedRows<'_, '_, R, S> {
             small,
         )
     }
+}
+
+/// [`group::load_small`] of the `N` rows from `start`, read through arrays of length `N`.
+#[inline(always)]
+fn load_exact<R: ResponseId, S: Score, const N: usize>(
+    c: &Columns<'_, R, S>,
+    start: usize,
+    small: &mut Small,
+) -> Option<(u64, Outline)> {
+    let end = start + N;
+    let id: &[R; N] = c.response_id[start..end].try_into().expect("N rows");
+    let a: &[S; N] = c.score_a[start..end].try_into().expect("N rows");
+    let b: &[S; N] = c.score_b[start..end].try_into().expect("N rows");
+    let refined: &[bool; N] = c.is_refined[start..end].try_into().expect("N rows");
+    let rows = id.iter().zip(a).zip(b).zip(refined);
+    group::load_small(N, rows.map(|(((id, a), b), r)| (id.to_i64(), a.to_f64(), b.to_f64(), *r)), small)
 }
