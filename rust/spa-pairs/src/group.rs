@@ -354,12 +354,44 @@ fn pair_masks(group: &[Response], delta: f64) -> [u16; SMALL] {
 /// its own it stays in a register.
 #[inline(never)]
 pub(crate) fn count_pairs(group: &[Response], delta: f64) -> (u64, f64) {
+    if group.len() <= SMALL && group.iter().fold(true, |all, r| all & whole(r.a) & whole(r.b)) {
+        return count_whole_pairs(group, delta);
+    }
     let (mut pairs, mut gap_sum) = (0u64, 0.0f64);
     for_each_pair(group, delta, |_, _, gap| {
         pairs += 1;
         gap_sum += gap;
     });
     (pairs, gap_sum)
+}
+
+/// Whether `x` is a whole number of magnitude at most 2^40 (as scores usually are).
+#[inline(always)]
+fn whole(x: f64) -> bool {
+    const LIMIT: f64 = (1u64 << 40) as f64;
+    // (The cast truncates; NaN fails the first test, which also keeps the cast exact.)
+    x.abs() <= LIMIT && (x as i64) as f64 == x
+}
+
+/// [`count_pairs`] of a small group whose scores are all [`whole`]: every gap is then a
+/// whole number below 2^42, and any sum of at most `SMALL * SMALL` of them is exact, so
+/// the gaps can be added in any order (here as integers) with the very same result as
+/// the sum in output order. Each unordered couple is compared once, without branches.
+#[inline(always)]
+fn count_whole_pairs(group: &[Response], delta: f64) -> (u64, f64) {
+    let (mut pairs, mut gap_sum) = (0u64, 0i64);
+    for (i, p) in group.iter().enumerate() {
+        for m in &group[i + 1..] {
+            let (da, db) = (p.a - m.a, p.b - m.b);
+            // As in `pair_masks`: one of the two wins unless they are equal, the pair
+            // then being (winner, loser); its gap is |da + db| exactly.
+            let pair = (da.abs() + db.abs() >= delta) & ((da != 0.0) | (db != 0.0));
+            pairs += u64::from(pair);
+            gap_sum += i64::from(pair) * ((da + db).abs() as i64);
+        }
+    }
+    // (Exact: below 2^53. A sum of no gap or of zero gaps is +0.0, as in output order.)
+    (pairs, gap_sum as f64)
 }
 
 /// Step 5: call `f(chosen, rejected, gap)` for every pair, in (chosen id, rejected id) order.
@@ -443,6 +475,38 @@ mod tests {
         let mut two = group(&SQUARE, (9.0, 9.0));
         two.push(Response { id: 99, a: 8.0, b: 8.0, refined: true, missing: false });
         assert_eq!(judged(&two, &p), Verdict::Malformed);
+    }
+
+    #[test]
+    fn whole_scores_count_as_in_output_order() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |m: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % m
+        };
+        for _ in 0..5000 {
+            let scale = [1.0, 1e6, (1u64 << 36) as f64][next(3) as usize];
+            let len = 1 + next(SMALL as u64) as i64;
+            let mut score = || match next(8) {
+                0 => -0.0,
+                _ => (next(21) as f64 - 10.0) * scale,
+            };
+            let group: Vec<Response> = (0..len)
+                .map(|id| Response { id, a: score(), b: score(), refined: false, missing: false })
+                .collect();
+            assert!(group.iter().all(|r| whole(r.a) && whole(r.b)));
+            let delta = [0.0, 1.0, 2.5, 7.0, 3e6][next(5) as usize];
+            let (mut pairs, mut gap_sum) = (0u64, 0.0f64);
+            for_each_pair(&group, delta, |_, _, gap| {
+                pairs += 1;
+                gap_sum += gap;
+            });
+            let (got_pairs, got_sum) = count_whole_pairs(&group, delta);
+            assert_eq!((got_pairs, got_sum.to_bits()), (pairs, gap_sum.to_bits()));
+        }
+        assert!(!whole(0.5) && !whole(f64::NAN) && !whole(f64::INFINITY) && !whole(1e13));
     }
 
     #[test]
