@@ -155,8 +155,63 @@ fn params() -> impl Strategy<Value = Params> {
         .prop_map(|(rho, delta, alpha)| Params::new(rho, delta, alpha).unwrap())
 }
 
+/// Groups of 1-20 rows as they come sorted by prompt id, with the edge cases of the fast
+/// paths: ids ascending, descending (within 64 or not) or random (maybe repeated), the
+/// odd infinite score, -0.0, ties, whole and real scores.
+fn sorted_rows() -> impl Strategy<Value = Vec<Row>> {
+    let value = prop_oneof![
+        150 => (-3i32..=6).prop_map(f64::from),
+        40 => 0.0f64..6.0,
+        10 => Just(-0.0),
+        10 => Just(f64::NAN),
+        1 => Just(f64::INFINITY),
+        1 => Just(f64::NEG_INFINITY),
+    ];
+    let row = (0i64..24, prop::bool::weighted(0.2), value.clone(), value);
+    let group = (prop::collection::vec(row, 1..21), 0u8..5);
+    prop::collection::vec((0i64..4, group), 1..8).prop_map(|groups| {
+        let mut pid = -1;
+        let mut rows = Vec::new();
+        for (step, (group, ids)) in groups {
+            pid += 1 + step;
+            let n = group.len() as i64;
+            rows.extend(group.into_iter().enumerate().map(|(k, (random_id, refined, a, b))| {
+                let k = k as i64;
+                let rid = match ids {
+                    0 | 1 => k,
+                    2 => n - k,
+                    3 => (n - k) * 1000,
+                    _ => random_id,
+                };
+                (pid, rid, refined, a + if refined { 8.0 } else { 0.0 }, b)
+            }));
+        }
+        rows
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(300))]
+
+    /// The sorted layout (its fast paths) gives what the other layouts give, errors included.
+    #[test]
+    fn sorted_rows_agree_with_the_other_layouts(rows in sorted_rows(), p in params()) {
+        let mut reversed = rows.clone();
+        reversed.reverse();
+        let (sorted, other) = (run(&rows, &p), run(&reversed, &p));
+        match (&sorted, &other) {
+            (Ok(sorted), Ok(other)) => assert_same(other, sorted),
+            _ => prop_assert_eq!(&sorted, &other),
+        }
+        if !rows.iter().any(|r| r.3.is_infinite() || r.4.is_infinite()) {
+            let mut ids: Vec<(i64, i64)> = rows.iter().map(|r| (r.0, r.1)).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() == rows.len() {
+                assert_same(&naive(&rows, &p), &sorted.unwrap());
+            }
+        }
+    }
 
     #[test]
     fn matches_naive_reference(rows in rows(), p in params()) {
