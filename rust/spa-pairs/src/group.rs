@@ -200,25 +200,147 @@ pub(crate) fn load_small(
         outline.add(a, b, refined, !unscored);
         small.arrived[i].write(Response { id, a, b, refined, missing: unscored });
     }
+    if infinite || !small.order(len, ascending, lowest, highest) {
+        return None;
+    }
+    Some((missing, outline))
+}
+
+impl Small {
+    /// Record how the `len` rows just written are ordered. False when they are out of
+    /// order and either not within 64 of each other or not distinct: the general path
+    /// then decides.
+    #[inline(always)]
+    fn order(&mut self, len: usize, ascending: bool, lowest: i64, highest: i64) -> bool {
+        self.len = len;
+        self.ascending = ascending;
+        if !ascending {
+            // SAFETY: slots 0..len were written by the caller.
+            let arrived =
+                unsafe { std::slice::from_raw_parts(self.arrived.as_ptr().cast::<Response>(), len) };
+            if (highest as i128 - lowest as i128) >= 64 {
+                return false;
+            }
+            let taken = arrived.iter().fold(0u64, |t, r| t | 1 << (r.id - lowest));
+            if taken.count_ones() as usize != len {
+                return false;
+            }
+            (self.lowest, self.taken) = (lowest, taken);
+        }
+        true
+    }
+}
+
+/// [`load_small`] for a group of exactly `N` rows given column by column (`N` even, at
+/// most [`SMALL`]): the same results. The outline is taken two rows at a time (see
+/// [`outline_of`]); the rows are then stored by a loop of known length.
+#[inline(always)]
+pub(crate) fn load_array<const N: usize>(
+    id: &[i64; N],
+    a: &[f64; N],
+    b: &[f64; N],
+    refined: &[bool; N],
+    small: &mut Small,
+) -> Option<(u64, Outline)> {
+    const { assert!(N.is_multiple_of(2) && N <= SMALL) };
+    let (infinite, unscored, outline) = outline_of(a, b, refined);
     if infinite {
         return None;
     }
-    small.len = len;
-    small.ascending = ascending;
-    if !ascending {
-        // Out of order: distinct ids within 64 of each other, else the general path.
-        // SAFETY: slots 0..len were written above.
-        let arrived = unsafe { std::slice::from_raw_parts(small.arrived.as_ptr().cast::<Response>(), len) };
-        if (highest as i128 - lowest as i128) >= 64 {
-            return None;
-        }
-        let taken = arrived.iter().fold(0u64, |t, r| t | 1 << (r.id - lowest));
-        if taken.count_ones() as usize != len {
-            return None;
-        }
-        (small.lowest, small.taken) = (lowest, taken);
+    let mut ascending = true;
+    for i in 1..N {
+        ascending &= id[i] > id[i - 1];
     }
-    Some((missing, outline))
+    for i in 0..N {
+        let missing = unscored >> i & 1 != 0;
+        small.arrived[i].write(Response { id: id[i], a: a[i], b: b[i], refined: refined[i], missing });
+    }
+    // (Only out-of-order ids need the lowest and the highest.)
+    let (lowest, highest) = if ascending {
+        (id[0], id[N - 1])
+    } else {
+        (id.iter().copied().min().unwrap_or(0), id.iter().copied().max().unwrap_or(0))
+    };
+    if !small.order(N, ascending, lowest, highest) {
+        return None;
+    }
+    Some((u64::from(unscored.count_ones()), outline))
+}
+
+/// Whether a score is infinite, which rows miss a score (bit `i` for row `i`), and the
+/// [`Outline`] of `N` rows (`N` even), with SSE2 (part of x86-64): two rows per
+/// instruction, masks instead of branches or selects per row.
+///
+/// The maxima may differ from [`Outline::add`]'s only in the sign of a zero (`maxpd`
+/// keeps its second operand on equal values), which [`Outline::screen`] does not see.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[inline(always)]
+fn outline_of<const N: usize>(a: &[f64; N], b: &[f64; N], refined: &[bool; N]) -> (bool, u32, Outline) {
+    // SAFETY: the build enables SSE2 (the cfg above), all that `outline_sse2` needs.
+    unsafe { outline_sse2(a, b, refined) }
+}
+
+/// [`outline_of`]'s body, where SSE2 intrinsics are safe to call.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+#[target_feature(enable = "sse2")]
+#[inline]
+fn outline_sse2<const N: usize>(a: &[f64; N], b: &[f64; N], refined: &[bool; N]) -> (bool, u32, Outline) {
+    use std::arch::x86_64::*;
+    let neg_inf = _mm_set1_pd(f64::NEG_INFINITY);
+    let inf = _mm_set1_pd(f64::INFINITY);
+    let magnitude = _mm_castsi128_pd(_mm_set1_epi64x(i64::MAX));
+    let (mut max_a, mut max_b) = (neg_inf, neg_inf);
+    let (mut infinite, mut unscored, mut refined_bits) = (0, 0u32, 0u32);
+    for k in 0..N / 2 {
+        let (a2, b2) = (&a[2 * k..2 * k + 2], &b[2 * k..2 * k + 2]);
+        // SAFETY: each slice holds the two f64 an unaligned load reads.
+        let (va, vb) = unsafe { (_mm_loadu_pd(a2.as_ptr()), _mm_loadu_pd(b2.as_ptr())) };
+        let is_inf = |v| _mm_cmpeq_pd(_mm_and_pd(v, magnitude), inf);
+        infinite |= _mm_movemask_pd(_mm_or_pd(is_inf(va), is_inf(vb)));
+        let missing = _mm_or_pd(_mm_cmpunord_pd(va, va), _mm_cmpunord_pd(vb, vb));
+        let (r0, r1) = (i64::from(refined[2 * k]), i64::from(refined[2 * k + 1]));
+        let is_refined = _mm_castsi128_pd(_mm_set_epi64x(-r1, -r0));
+        // A sample: neither refined nor missing. Other rows read -inf, below every score.
+        let other = _mm_or_pd(missing, is_refined);
+        let sample = |v| _mm_or_pd(_mm_andnot_pd(other, v), _mm_and_pd(other, neg_inf));
+        max_a = _mm_max_pd(max_a, sample(va));
+        max_b = _mm_max_pd(max_b, sample(vb));
+        unscored |= (_mm_movemask_pd(missing) as u32) << (2 * k);
+        refined_bits |= ((r1 as u32) << 1 | r0 as u32) << (2 * k);
+    }
+    let larger = |v: __m128d| {
+        let (lo, hi) = (_mm_cvtsd_f64(v), _mm_cvtsd_f64(_mm_unpackhi_pd(v, v)));
+        if hi > lo {
+            hi
+        } else {
+            lo
+        }
+    };
+    let all = (1u32 << N) - 1;
+    let scored_refined = refined_bits & !unscored;
+    let first = scored_refined.trailing_zeros() as usize;
+    let outline = Outline {
+        n_refined: scored_refined.count_ones() as usize,
+        n_samples: (all & !refined_bits & !unscored).count_ones() as usize,
+        // The refined row's scores when there is exactly one (else unused).
+        refined: if first < N { (a[first], b[first]) } else { (f64::NAN, f64::NAN) },
+        max: (larger(max_a), larger(max_b)),
+    };
+    (infinite != 0, unscored, outline)
+}
+
+/// [`outline_of`] without SSE2: a row at a time.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+#[inline(always)]
+fn outline_of<const N: usize>(a: &[f64; N], b: &[f64; N], refined: &[bool; N]) -> (bool, u32, Outline) {
+    let (mut infinite, mut unscored, mut outline) = (false, 0u32, Outline::EMPTY);
+    for i in 0..N {
+        infinite |= a[i].is_infinite() | b[i].is_infinite();
+        let missing = a[i].is_nan() | b[i].is_nan();
+        unscored |= u32::from(missing) << i;
+        outline.add(a[i], b[i], refined[i], !missing);
+    }
+    (infinite, unscored, outline)
 }
 
 /// What step 4 first needs of a group: its counts, the refined row's scores, the

@@ -63,13 +63,11 @@ impl<R: ResponseId, S: Score> Groups for SortedRows<'_, '_, R, S> {
     #[inline(always)]
     fn load_small(&self, g: Group, small: &mut Small) -> Option<(u64, Outline)> {
         let c = self.cols;
-        // The usual group sizes as loops of known length, which the compiler unrolls.
+        // The usual group sizes: two rows at a time (see `group::load_array`).
         match g.rows {
-            4 => return load_exact::<R, S, 4>(c, g.handle, small),
-            5 => return load_exact::<R, S, 5>(c, g.handle, small),
-            6 => return load_exact::<R, S, 6>(c, g.handle, small),
-            7 => return load_exact::<R, S, 7>(c, g.handle, small),
-            8 => return load_exact::<R, S, 8>(c, g.handle, small),
+            4 => return load_array::<R, S, 4>(c, g.handle, small),
+            6 => return load_array::<R, S, 6>(c, g.handle, small),
+            8 => return load_array::<R, S, 8>(c, g.handle, small),
             _ => {}
         }
         let range = g.handle..g.handle + g.rows.min(SMALL);
@@ -83,9 +81,9 @@ impl<R: ResponseId, S: Score> Groups for SortedRows<'_, '_, R, S> {
     }
 }
 
-/// [`group::load_small`] of the `N` rows from `start`, read through arrays of length `N`.
+/// [`group::load_array`] of the `N` rows from `start`.
 #[inline(always)]
-fn load_exact<R: ResponseId, S: Score, const N: usize>(
+fn load_array<R: ResponseId, S: Score, const N: usize>(
     c: &Columns<'_, R, S>,
     start: usize,
     small: &mut Small,
@@ -95,6 +93,5 @@ fn load_exact<R: ResponseId, S: Score, const N: usize>(
     let a: &[S; N] = c.score_a[start..end].try_into().expect("N rows");
     let b: &[S; N] = c.score_b[start..end].try_into().expect("N rows");
     let refined: &[bool; N] = c.is_refined[start..end].try_into().expect("N rows");
-    let rows = id.iter().zip(a).zip(b).zip(refined);
-    group::load_small(N, rows.map(|(((id, a), b), r)| (id.to_i64(), a.to_f64(), b.to_f64(), *r)), small)
+    group::load_array(&id.map(R::to_i64), &a.map(S::to_f64), &b.map(S::to_f64), refined, small)
 }
