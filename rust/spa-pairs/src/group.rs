@@ -232,7 +232,7 @@ impl Small {
 }
 
 /// [`load_small`] for a group of exactly `N` rows given column by column (`N` even, at
-/// most [`SMALL`]): the same results. The outline is taken two rows at a time (see
+/// most 8): the same results. The outline is taken two rows at a time (see
 /// [`outline_of`]); the rows are then stored by a loop of known length.
 #[inline(always)]
 pub(crate) fn load_array<const N: usize>(
@@ -242,7 +242,7 @@ pub(crate) fn load_array<const N: usize>(
     refined: &[bool; N],
     small: &mut Small,
 ) -> Option<(u64, Outline)> {
-    const { assert!(N.is_multiple_of(2) && N <= SMALL) };
+    const { assert!(N.is_multiple_of(2) && N <= 8) };
     let (infinite, unscored, outline) = outline_of(a, b, refined);
     if infinite {
         return None;
@@ -264,7 +264,7 @@ pub(crate) fn load_array<const N: usize>(
     if !small.order(N, ascending, lowest, highest) {
         return None;
     }
-    Some((u64::from(unscored.count_ones()), outline))
+    Some((u64::from(ones(unscored)), outline))
 }
 
 /// Whether a score is infinite, which rows miss a score (bit `i` for row `i`), and the
@@ -320,13 +320,29 @@ fn outline_sse2<const N: usize>(a: &[f64; N], b: &[f64; N], refined: &[bool; N])
     let scored_refined = refined_bits & !unscored;
     let first = scored_refined.trailing_zeros() as usize;
     let outline = Outline {
-        n_refined: scored_refined.count_ones() as usize,
-        n_samples: (all & !refined_bits & !unscored).count_ones() as usize,
+        n_refined: usize::from(ones(scored_refined)),
+        n_samples: usize::from(ones(all & !refined_bits & !unscored)),
         // The refined row's scores when there is exactly one (else unused).
         refined: if first < N { (a[first], b[first]) } else { (f64::NAN, f64::NAN) },
         max: (larger(max_a), larger(max_b)),
     };
     (infinite != 0, unscored, outline)
+}
+
+/// The number of bits set in a mask of at most 8 rows (`mask < 256`), by table: x86-64's
+/// baseline has no popcnt instruction, and `count_ones` would take a dozen instructions.
+#[inline(always)]
+fn ones(mask: u32) -> u8 {
+    const TABLE: [u8; 256] = {
+        let mut table = [0u8; 256];
+        let mut i = 0;
+        while i < 256 {
+            table[i] = (i as u32).count_ones() as u8;
+            i += 1;
+        }
+        table
+    };
+    TABLE[mask as usize & 255]
 }
 
 /// [`outline_of`] without SSE2: a row at a time.
