@@ -289,7 +289,7 @@ fn outline_sse2<const N: usize>(a: &[f64; N], b: &[f64; N], refined: &[bool; N])
     let neg_inf = _mm_set1_pd(f64::NEG_INFINITY);
     let inf = _mm_set1_pd(f64::INFINITY);
     let magnitude = _mm_castsi128_pd(_mm_set1_epi64x(i64::MAX));
-    let (mut max_a, mut max_b) = (neg_inf, neg_inf);
+    let (mut max_a, mut max_b, mut refined_a, mut refined_b) = (neg_inf, neg_inf, neg_inf, neg_inf);
     let (mut infinite, mut unscored, mut refined_bits) = (0, 0u32, 0u32);
     for k in 0..N / 2 {
         let (a2, b2) = (&a[2 * k..2 * k + 2], &b[2 * k..2 * k + 2]);
@@ -305,6 +305,11 @@ fn outline_sse2<const N: usize>(a: &[f64; N], b: &[f64; N], refined: &[bool; N])
         let sample = |v| _mm_or_pd(_mm_andnot_pd(other, v), _mm_and_pd(other, neg_inf));
         max_a = _mm_max_pd(max_a, sample(va));
         max_b = _mm_max_pd(max_b, sample(vb));
+        // Likewise the scored refined rows, for the one refined row's scores.
+        let scored_refined = _mm_andnot_pd(missing, is_refined);
+        let refined = |v| _mm_or_pd(_mm_and_pd(scored_refined, v), _mm_andnot_pd(scored_refined, neg_inf));
+        refined_a = _mm_max_pd(refined_a, refined(va));
+        refined_b = _mm_max_pd(refined_b, refined(vb));
         unscored |= (_mm_movemask_pd(missing) as u32) << (2 * k);
         refined_bits |= ((r1 as u32) << 1 | r0 as u32) << (2 * k);
     }
@@ -318,12 +323,11 @@ fn outline_sse2<const N: usize>(a: &[f64; N], b: &[f64; N], refined: &[bool; N])
     };
     let all = (1u32 << N) - 1;
     let scored_refined = refined_bits & !unscored;
-    let first = scored_refined.trailing_zeros() as usize;
     let outline = Outline {
         n_refined: usize::from(ones(scored_refined)),
         n_samples: usize::from(ones(all & !refined_bits & !unscored)),
         // The refined row's scores when there is exactly one (else unused).
-        refined: if first < N { (a[first], b[first]) } else { (f64::NAN, f64::NAN) },
+        refined: (larger(refined_a), larger(refined_b)),
         max: (larger(max_a), larger(max_b)),
     };
     (infinite != 0, unscored, outline)
