@@ -231,8 +231,8 @@ impl Small {
     }
 }
 
-/// [`load_small`] for a group of exactly `N` rows given column by column (`N` even, at
-/// most 8): the same results. The outline is taken two rows at a time (see
+/// [`load_small`] for a group of exactly `N` rows given column by column (`N` at most 8):
+/// the same results. The outline is taken two rows at a time (see
 /// [`outline_of`]); the rows are then stored by a loop of known length.
 #[inline(always)]
 pub(crate) fn load_array<const N: usize>(
@@ -242,7 +242,7 @@ pub(crate) fn load_array<const N: usize>(
     refined: &[bool; N],
     small: &mut Small,
 ) -> Option<(u64, Outline)> {
-    const { assert!(N.is_multiple_of(2) && N <= 8) };
+    const { assert!(N >= 1 && N <= 8) };
     let (infinite, unscored, outline) = outline_of(a, b, refined);
     if infinite {
         return None;
@@ -268,11 +268,12 @@ pub(crate) fn load_array<const N: usize>(
 }
 
 /// Whether a score is infinite, which rows miss a score (bit `i` for row `i`), and the
-/// [`Outline`] of `N` rows (`N` even), with SSE2 (part of x86-64): two rows per
+/// [`Outline`] of `N` rows, with SSE2 (part of x86-64): two rows per
 /// instruction, masks instead of branches or selects per row.
 ///
-/// The maxima may differ from [`Outline::add`]'s only in the sign of a zero (`maxpd`
-/// keeps its second operand on equal values), which [`Outline::screen`] does not see.
+/// The maxima (the refined row's scores are the maxima over the scored refined rows) may
+/// differ from [`Outline::add`]'s only in the sign of a zero (`maxpd` keeps its second
+/// operand on equal values), which [`Outline::screen`] does not see.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 #[inline(always)]
 fn outline_of<const N: usize>(a: &[f64; N], b: &[f64; N], refined: &[bool; N]) -> (bool, u32, Outline) {
@@ -291,17 +292,25 @@ fn outline_sse2<const N: usize>(a: &[f64; N], b: &[f64; N], refined: &[bool; N])
     let magnitude = _mm_castsi128_pd(_mm_set1_epi64x(i64::MAX));
     let (mut max_a, mut max_b, mut refined_a, mut refined_b) = (neg_inf, neg_inf, neg_inf, neg_inf);
     let (mut infinite, mut unscored, mut refined_bits) = (0, 0u32, 0u32);
-    for k in 0..N / 2 {
-        let (a2, b2) = (&a[2 * k..2 * k + 2], &b[2 * k..2 * k + 2]);
-        // SAFETY: each slice holds the two f64 an unaligned load reads.
-        let (va, vb) = unsafe { (_mm_loadu_pd(a2.as_ptr()), _mm_loadu_pd(b2.as_ptr())) };
+    for k in 0..N.div_ceil(2) {
+        // Rows i and j, or row i and a padding lane (0.0, neither sample nor refined).
+        let (i, j) = (2 * k, 2 * k + 1);
+        let pair = j < N;
+        let (va, vb) = if pair {
+            let (a2, b2) = (&a[i..i + 2], &b[i..i + 2]);
+            // SAFETY: each slice holds the two f64 an unaligned load reads.
+            unsafe { (_mm_loadu_pd(a2.as_ptr()), _mm_loadu_pd(b2.as_ptr())) }
+        } else {
+            (_mm_set_sd(a[i]), _mm_set_sd(b[i]))
+        };
+        let padding = _mm_castsi128_pd(_mm_set_epi64x(if pair { 0 } else { -1 }, 0));
         let is_inf = |v| _mm_cmpeq_pd(_mm_and_pd(v, magnitude), inf);
         infinite |= _mm_movemask_pd(_mm_or_pd(is_inf(va), is_inf(vb)));
         let missing = _mm_or_pd(_mm_cmpunord_pd(va, va), _mm_cmpunord_pd(vb, vb));
-        let (r0, r1) = (i64::from(refined[2 * k]), i64::from(refined[2 * k + 1]));
+        let (r0, r1) = (i64::from(refined[i]), if pair { i64::from(refined[j]) } else { 0 });
         let is_refined = _mm_castsi128_pd(_mm_set_epi64x(-r1, -r0));
         // A sample: neither refined nor missing. Other rows read -inf, below every score.
-        let other = _mm_or_pd(missing, is_refined);
+        let other = _mm_or_pd(_mm_or_pd(missing, is_refined), padding);
         let sample = |v| _mm_or_pd(_mm_andnot_pd(other, v), _mm_and_pd(other, neg_inf));
         max_a = _mm_max_pd(max_a, sample(va));
         max_b = _mm_max_pd(max_b, sample(vb));
@@ -310,8 +319,8 @@ fn outline_sse2<const N: usize>(a: &[f64; N], b: &[f64; N], refined: &[bool; N])
         let refined = |v| _mm_or_pd(_mm_and_pd(scored_refined, v), _mm_andnot_pd(scored_refined, neg_inf));
         refined_a = _mm_max_pd(refined_a, refined(va));
         refined_b = _mm_max_pd(refined_b, refined(vb));
-        unscored |= (_mm_movemask_pd(missing) as u32) << (2 * k);
-        refined_bits |= ((r1 as u32) << 1 | r0 as u32) << (2 * k);
+        unscored |= (_mm_movemask_pd(missing) as u32) << i;
+        refined_bits |= ((r1 as u32) << 1 | r0 as u32) << i;
     }
     let larger = |v: __m128d| {
         let (lo, hi) = (_mm_cvtsd_f64(v), _mm_cvtsd_f64(_mm_unpackhi_pd(v, v)));

@@ -63,10 +63,15 @@ impl<R: ResponseId, S: Score> Groups for SortedRows<'_, '_, R, S> {
     #[inline(always)]
     fn load_small(&self, g: Group, small: &mut Small) -> Option<(u64, Outline)> {
         let c = self.cols;
-        // The usual group sizes: two rows at a time (see `group::load_array`).
+        // Groups of up to 8 rows, the usual sizes: two rows at a time (see
+        // `group::load_array`).
         match g.rows {
+            2 => return load_array::<R, S, 2>(c, g.handle, small),
+            3 => return load_array::<R, S, 3>(c, g.handle, small),
             4 => return load_array::<R, S, 4>(c, g.handle, small),
+            5 => return load_array::<R, S, 5>(c, g.handle, small),
             6 => return load_array::<R, S, 6>(c, g.handle, small),
+            7 => return load_array::<R, S, 7>(c, g.handle, small),
             8 => return load_array::<R, S, 8>(c, g.handle, small),
             _ => {}
         }
