@@ -113,14 +113,20 @@ pub(crate) type Row = (i64, f64, f64, bool);
 /// larger or irregular groups take the general one. Both give the same results.
 pub(crate) const SMALL: usize = 16;
 
-/// A small group's rows in fixed arrays on the stack: as they arrived, and (made only
-/// when needed: most groups are decided by their [`Outline`]) the scored ones in
-/// ascending response id.
+/// A small group's rows in fixed arrays on the stack: as they arrived, column by column
+/// (a fast path copies whole columns, a few wide stores a group), and (made only when
+/// needed: most groups are decided by their [`Outline`]) the scored ones in ascending
+/// response id.
 pub(crate) struct Small {
-    arrived: [MaybeUninit<Response>; SMALL],
+    id: [i64; SMALL],
+    a: [f64; SMALL],
+    b: [f64; SMALL],
+    refined: [bool; SMALL],
+    /// Bit `i`: row `i` misses a score.
+    unscored: u32,
     len: usize,
     /// How to put them in order: already ascending, or each row `i` at bit
-    /// `arrived[i].id - lowest` of `taken`.
+    /// `id[i] - lowest` of `taken`.
     ascending: bool,
     lowest: i64,
     taken: u64,
@@ -130,7 +136,11 @@ pub(crate) struct Small {
 impl Small {
     pub(crate) fn new() -> Self {
         Self {
-            arrived: [const { MaybeUninit::uninit() }; SMALL],
+            id: [0; SMALL],
+            a: [0.0; SMALL],
+            b: [0.0; SMALL],
+            refined: [false; SMALL],
+            unscored: 0,
             len: 0,
             ascending: true,
             lowest: 0,
@@ -139,27 +149,32 @@ impl Small {
         }
     }
 
+    /// Row `i` as it arrived.
+    #[inline(always)]
+    fn arrived(&self, i: usize) -> Response {
+        let missing = self.unscored >> i & 1 != 0;
+        Response { id: self.id[i], a: self.a[i], b: self.b[i], refined: self.refined[i], missing }
+    }
+
     /// The scored rows, in ascending response id.
     #[inline(always)]
     pub(crate) fn scored_rows(&mut self) -> &[Response] {
-        // SAFETY: slots 0..len were written by `load_small`.
-        let arrived =
-            unsafe { std::slice::from_raw_parts(self.arrived.as_ptr().cast::<Response>(), self.len) };
         let mut scored = 0;
         if self.ascending {
-            for r in arrived {
+            for i in 0..self.len {
                 // Written unconditionally, kept by advancing past it: no branch.
-                self.sorted[scored].write(*r);
+                let r = self.arrived(i);
+                self.sorted[scored].write(r);
                 scored += usize::from(!r.missing);
             }
         } else {
             let mut by_slot = [0u8; 64];
-            for (i, r) in arrived.iter().enumerate() {
-                by_slot[(r.id - self.lowest) as usize] = i as u8;
+            for (i, &id) in self.id[..self.len].iter().enumerate() {
+                by_slot[(id - self.lowest) as usize] = i as u8;
             }
             let mut taken = self.taken;
             while taken != 0 {
-                let r = arrived[by_slot[taken.trailing_zeros() as usize] as usize];
+                let r = self.arrived(usize::from(by_slot[taken.trailing_zeros() as usize]));
                 self.sorted[scored].write(r);
                 scored += usize::from(!r.missing);
                 taken &= taken - 1;
@@ -185,7 +200,7 @@ pub(crate) fn load_small(
     if len > SMALL {
         return None;
     }
-    let (mut infinite, mut ascending, mut missing) = (false, true, 0u64);
+    let (mut infinite, mut ascending, mut missing, mut unscored_bits) = (false, true, 0u64, 0u32);
     let (mut previous, mut lowest, mut highest) = (i64::MIN, i64::MAX, i64::MIN);
     let mut outline = Outline::EMPTY;
     for (i, (id, a, b, refined)) in rows.take(SMALL).enumerate() {
@@ -198,8 +213,10 @@ pub(crate) fn load_small(
         missing += u64::from(unscored);
         // (The outline does not depend on the order of the rows.)
         outline.add(a, b, refined, !unscored);
-        small.arrived[i].write(Response { id, a, b, refined, missing: unscored });
+        (small.id[i], small.a[i], small.b[i], small.refined[i]) = (id, a, b, refined);
+        unscored_bits |= u32::from(unscored) << i;
     }
+    small.unscored = unscored_bits;
     if infinite || !small.order(len, ascending, lowest, highest) {
         return None;
     }
@@ -215,13 +232,10 @@ impl Small {
         self.len = len;
         self.ascending = ascending;
         if !ascending {
-            // SAFETY: slots 0..len were written by the caller.
-            let arrived =
-                unsafe { std::slice::from_raw_parts(self.arrived.as_ptr().cast::<Response>(), len) };
             if (highest as i128 - lowest as i128) >= 64 {
                 return false;
             }
-            let taken = arrived.iter().fold(0u64, |t, r| t | 1 << (r.id - lowest));
+            let taken = self.id[..len].iter().fold(0u64, |t, &id| t | 1 << (id - lowest));
             if taken.count_ones() as usize != len {
                 return false;
             }
@@ -233,7 +247,7 @@ impl Small {
 
 /// [`load_small`] for a group of exactly `N` rows given column by column (`N` at most 8):
 /// the same results. The outline is taken two rows at a time (see
-/// [`outline_of`]); the rows are then stored by a loop of known length.
+/// [`outline_of`]); the rows are then copied column by column.
 #[inline(always)]
 pub(crate) fn load_array<const N: usize>(
     id: &[i64; N],
@@ -251,10 +265,11 @@ pub(crate) fn load_array<const N: usize>(
     for i in 1..N {
         ascending &= id[i] > id[i - 1];
     }
-    for i in 0..N {
-        let missing = unscored >> i & 1 != 0;
-        small.arrived[i].write(Response { id: id[i], a: a[i], b: b[i], refined: refined[i], missing });
-    }
+    small.id[..N].copy_from_slice(id);
+    small.a[..N].copy_from_slice(a);
+    small.b[..N].copy_from_slice(b);
+    small.refined[..N].copy_from_slice(refined);
+    small.unscored = unscored;
     // (Only out-of-order ids need the lowest and the highest.)
     let (lowest, highest) = if ascending {
         (id[0], id[N - 1])
