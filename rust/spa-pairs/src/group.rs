@@ -513,16 +513,14 @@ fn pair_masks(group: &[Response], delta: f64) -> [u16; SMALL] {
     masks
 }
 
-/// Step 5's pair count and gap sum (the pairs' gaps added left to right in output order).
+/// Step 5's pair count and gap sum (the pairs' gaps added left to right in output order),
+/// for groups that [`WholePairs::list`] does not take.
 ///
 /// Not inlined: inside pass 1's loop the running sum lived on the stack, each addition
 /// waiting for the previous one's store (perf put a tenth of pass 1's samples there); on
 /// its own it stays in a register.
 #[inline(never)]
 pub(crate) fn count_pairs(group: &[Response], delta: f64) -> (u64, f64) {
-    if group.len() <= SMALL && group.iter().fold(true, |all, r| all & whole(r.a) & whole(r.b)) {
-        return count_whole_pairs(group, delta);
-    }
     let (mut pairs, mut gap_sum) = (0u64, 0.0f64);
     for_each_pair(group, delta, |_, _, gap| {
         pairs += 1;
@@ -539,25 +537,167 @@ fn whole(x: f64) -> bool {
     x.abs() <= LIMIT && (x as i64) as f64 == x
 }
 
-/// [`count_pairs`] of a small group whose scores are all [`whole`]: every gap is then a
-/// whole number below 2^42, and any sum of at most `SMALL * SMALL` of them is exact, so
-/// the gaps can be added in any order (here as integers) with the very same result as
-/// the sum in output order. Each unordered couple is compared once, without branches.
-#[inline(always)]
-fn count_whole_pairs(group: &[Response], delta: f64) -> (u64, f64) {
-    let (mut pairs, mut gap_sum) = (0u64, 0i64);
-    for (i, p) in group.iter().enumerate() {
-        for m in &group[i + 1..] {
-            let (da, db) = (p.a - m.a, p.b - m.b);
-            // As in `pair_masks`: one of the two wins unless they are equal, the pair
-            // then being (winner, loser); its gap is |da + db| exactly.
-            let pair = (da.abs() + db.abs() >= delta) & ((da != 0.0) | (db != 0.0));
-            pairs += u64::from(pair);
-            gap_sum += i64::from(pair) * ((da + db).abs() as i64);
+/// The most pairs a small group has: each unordered couple gives at most one.
+const MAX_PAIRS: usize = SMALL * (SMALL - 1) / 2;
+
+/// 1 in each byte of a word.
+const BYTES: u64 = u64::from_le_bytes([1; 8]);
+
+/// For each 8-bit mask, the indices of its set bits in ascending order, one per byte
+/// from the lowest (the bytes past them are 0).
+const SET_BITS: [u64; 256] = {
+    let mut table = [0u64; 256];
+    let mut mask = 0;
+    while mask < 256 {
+        let (mut bit, mut at) = (0, 0);
+        while bit < 8 {
+            if mask >> bit & 1 != 0 {
+                table[mask] |= (bit as u64) << (8 * at);
+                at += 1;
+            }
+            bit += 1;
         }
+        mask += 1;
     }
-    // (Exact: below 2^53. A sum of no gap or of zero gaps is +0.0, as in output order.)
-    (pairs, gap_sum as f64)
+    table
+};
+
+/// Step 5 for a small group whose scores are all [`whole`] (the usual case): its pairs in
+/// output order, with integer gaps. Pass 1 lists them and keeps them as a record (a few
+/// words, see [`Self::record`]); pass 2 reads the record back and writes the pairs out,
+/// without reading, ordering or comparing the group's rows again.
+///
+/// The scores are whole numbers of magnitude at most 2^40, so every difference, sum and
+/// distance below is exact both as an integer and as an f64: the pairs and their gaps are
+/// the very ones [`for_each_pair`] gives, `gap(p, m) == gap as f64`, and any sum of at most
+/// `MAX_PAIRS` gaps is exact, so the gap sum can be added in any order (here as integers)
+/// with the same result as the sum in output order. Each gap is also its weight's table
+/// index as it is, without float checks.
+pub(crate) struct WholePairs {
+    n: usize,
+    id: [i64; SMALL],
+    /// Each row's a + b.
+    sum: [i64; SMALL],
+    /// The pairs, `chosen << 4 | rejected` (row indices), from `list[0]`. The slots are
+    /// written eight at a time from any index below `ROOM` (a power of two, above
+    /// `MAX_PAIRS`): indices are masked, not bounds-checked.
+    list: [u8; Self::ROOM + 8],
+    len: usize,
+}
+
+impl WholePairs {
+    const ROOM: usize = (MAX_PAIRS + 1).next_power_of_two();
+
+    pub(crate) fn new() -> Self {
+        Self { n: 0, id: [0; SMALL], sum: [0; SMALL], list: [0; Self::ROOM + 8], len: 0 }
+    }
+
+    /// Whether `group` (scored rows in ascending response id) is small with whole scores;
+    /// if so, list its pairs and return their number and gap sum (as [`count_pairs`]).
+    /// `far` is `delta` rounded up (an integer distance is at least `delta` exactly when
+    /// it is at least `far`; see [`whole_distance`]).
+    ///
+    /// Not inlined, as `count_pairs`: the running sums stay in registers.
+    #[inline(never)]
+    pub(crate) fn list(&mut self, group: &[Response], far: i64) -> Option<(u64, f64)> {
+        let n = group.len();
+        if n > SMALL || !group.iter().fold(true, |all, r| all & whole(r.a) & whole(r.b)) {
+            return None;
+        }
+        let (mut a, mut b) = ([0i64; SMALL], [0i64; SMALL]);
+        for (i, r) in group.iter().enumerate() {
+            (a[i], b[i]) = (r.a as i64, r.b as i64);
+            (self.id[i], self.sum[i]) = (r.id, a[i] + b[i]);
+        }
+        // As `pair_masks`, on integers: each unordered couple compared once, no branch.
+        let mut masks = [0u16; SMALL];
+        let mut gap_sum = 0i64;
+        for p in 0..n {
+            for m in p + 1..n {
+                let (da, db) = (a[p] - a[m], b[p] - b[m]);
+                let far = u16::from(da.abs() + db.abs() >= far);
+                let p_wins = u16::from((da > 0) | ((da == 0) & (db > 0)));
+                let m_wins = u16::from((da < 0) | ((da == 0) & (db < 0)));
+                masks[p] |= (far & p_wins) << m;
+                masks[m] |= (far & m_wins) << p;
+                // One of the two wins unless they are equal; the gap is |da + db| either way.
+                gap_sum += i64::from(far & (p_wins | m_wins)) * (da + db).abs();
+            }
+        }
+        // Each row's pairs as chosen, in ascending rejected id (output order), eight
+        // rejected rows at a time: their indices by table, stored as one word at the next
+        // free slot, of which as many bytes are kept as the mask has bits. No branch.
+        let mut len = 0;
+        for (p, &mask) in masks[..n].iter().enumerate() {
+            let chosen = ((p as u64) << 4) * BYTES;
+            for half in 0..n.div_ceil(8) {
+                let bits = usize::from((mask >> (8 * half)) as u8);
+                let word = SET_BITS[bits] + chosen + (8 * half) as u64 * BYTES;
+                let at = len & (Self::ROOM - 1);
+                self.list[at..at + 8].copy_from_slice(&word.to_le_bytes());
+                len += usize::from(ones(bits as u32));
+            }
+        }
+        (self.n, self.len) = (n, len);
+        // (Exact: below 2^53. A sum of no gap or of zero gaps is +0.0, as in output order.)
+        Some((len as u64, gap_sum as f64))
+    }
+
+    /// Append the listed pairs to `records` and return where they start (None, leaving
+    /// `records` as it was, past `u32::MAX` words): `n | pairs << 8`, the `n` response
+    /// ids, the `n` sums, then the pairs as bytes, eight to a word. Six rows and a dozen
+    /// pairs take 15 words.
+    #[inline(always)]
+    pub(crate) fn record(&self, records: &mut Vec<i64>) -> Option<u32> {
+        let at = u32::try_from(records.len()).ok()?;
+        // Made in place, then appended at once.
+        let mut record = [0i64; Self::RECORD];
+        let n = self.n;
+        record[0] = (n | self.len << 8) as i64;
+        record[1..=n].copy_from_slice(&self.id[..n]);
+        record[1 + n..1 + 2 * n].copy_from_slice(&self.sum[..n]);
+        let words = self.len.div_ceil(8);
+        for (word, bytes) in record[1 + 2 * n..1 + 2 * n + words].iter_mut().zip(self.list.chunks_exact(8)) {
+            *word = i64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        }
+        records.extend_from_slice(&record[..1 + 2 * n + words]);
+        Some(at)
+    }
+
+    /// The most words a record takes.
+    const RECORD: usize = 1 + 2 * SMALL + MAX_PAIRS.div_ceil(8);
+
+    /// Read back the record that starts at `records[at]`.
+    #[inline(always)]
+    pub(crate) fn read(&mut self, records: &[i64], at: usize) {
+        let head = records[at] as usize;
+        let (n, len) = (head & 0xff, head >> 8);
+        let record = &records[at + 1..at + 1 + 2 * n + len.div_ceil(8)];
+        let (id, rest) = record.split_at(n);
+        let (sum, list) = rest.split_at(n);
+        self.id[..n].copy_from_slice(id);
+        self.sum[..n].copy_from_slice(sum);
+        for (bytes, word) in self.list.chunks_exact_mut(8).zip(list) {
+            bytes.copy_from_slice(&word.to_le_bytes());
+        }
+        (self.n, self.len) = (n, len);
+    }
+
+    /// The pairs listed: (chosen id, rejected id, gap).
+    #[inline(always)]
+    pub(crate) fn pairs(&self) -> impl ExactSizeIterator<Item = (i64, i64, i64)> + '_ {
+        self.list[..self.len].iter().map(|&pm| {
+            let (p, m) = (usize::from(pm >> 4), usize::from(pm & 15));
+            (self.id[p], self.id[m], (self.sum[p] - self.sum[m]).abs())
+        })
+    }
+}
+
+/// `delta` (finite, at least 0) rounded up: a whole distance `d` (below 2^53) is at least
+/// `delta` exactly when `d >= whole_distance(delta)` (saturated: a huge `delta` has no
+/// pair).
+pub(crate) fn whole_distance(delta: f64) -> i64 {
+    delta.ceil() as i64
 }
 
 /// Step 5: call `f(chosen, rejected, gap)` for every pair, in (chosen id, rejected id) order.
@@ -660,17 +800,27 @@ mod tests {
                 _ => (next(21) as f64 - 10.0) * scale,
             };
             let group: Vec<Response> = (0..len)
-                .map(|id| Response { id, a: score(), b: score(), refined: false, missing: false })
+                .map(|i| Response { id: 7 * i - 20, a: score(), b: score(), refined: false, missing: false })
                 .collect();
             assert!(group.iter().all(|r| whole(r.a) && whole(r.b)));
-            let delta = [0.0, 1.0, 2.5, 7.0, 3e6][next(5) as usize];
+            let delta = [0.0, 1.0, 2.5, 7.0, 3e6, 1e300][next(6) as usize];
             let (mut pairs, mut gap_sum) = (0u64, 0.0f64);
             for_each_pair(&group, delta, |_, _, gap| {
                 pairs += 1;
                 gap_sum += gap;
             });
-            let (got_pairs, got_sum) = count_whole_pairs(&group, delta);
+            let mut whole = WholePairs::new();
+            let (got_pairs, got_sum) = whole.list(&group, whole_distance(delta)).unwrap();
             assert_eq!((got_pairs, got_sum.to_bits()), (pairs, gap_sum.to_bits()));
+            // Listed, recorded and read back: the same pairs as `for_each_pair`'s.
+            let mut records = vec![7];
+            assert_eq!(whole.record(&mut records), Some(1));
+            let mut back = WholePairs::new();
+            back.read(&records, 1);
+            let mut want = Vec::new();
+            for_each_pair(&group, delta, |p, m, gap| want.push((p.id, m.id, gap.to_bits())));
+            let got: Vec<_> = back.pairs().map(|(p, m, gap)| (p, m, (gap as f64).to_bits())).collect();
+            assert_eq!(got, want);
         }
         assert!(!whole(0.5) && !whole(f64::NAN) && !whole(f64::INFINITY) && !whole(1e13));
     }

@@ -1,11 +1,15 @@
 //! The whole selection: group, judge and count (pass 1), then fill the pairs (pass 2).
 //!
-//! Memory stays bounded: pass 1 keeps a small summary per kept group, pass 2 writes straight
-//! into outputs allocated at their final size. Candidate pairs are never stored.
+//! Memory stays bounded: pass 1 keeps a small summary per kept group (for a small group
+//! of whole scores, the usual case, its pairs as row indices: a few words, see
+//! [`WholePairs`]), pass 2 writes straight into outputs allocated at their final size.
+//! Candidate pairs are never stored as output rows.
 
 use rayon::prelude::*;
 
-use crate::group::{count_pairs, for_each_pair, judge, Outline, Response, Small, Verdict};
+use crate::group::{
+    count_pairs, for_each_pair, judge, whole_distance, Outline, Response, Small, Verdict, WholePairs,
+};
 use crate::layout::{group, Group, Grouping, Groups, NotGrouped, SortedRows, PREFETCH_GROUPS};
 use crate::memory;
 use crate::{Columns, CoreError, Params, ResponseId, Score};
@@ -74,6 +78,8 @@ struct Kept {
     group: Group,
     /// The group's gaps added left to right in output order.
     gap_sum: f64,
+    /// Where its [`WholePairs`] record starts in its block's `records`, if it has one.
+    record: Option<u32>,
 }
 
 /// Pass 1 over one block of consecutive groups.
@@ -82,6 +88,8 @@ struct Block {
     stats: Stats,
     error: Option<CoreError>,
     kept: Vec<Kept>,
+    /// The kept groups' [`WholePairs`] records, one after the other.
+    records: Vec<i64>,
 }
 
 /// Denoise the groups and build their weighted pairs (DESIGN.md steps 4-6).
@@ -113,11 +121,13 @@ fn select_groups(
     mut stats: Stats,
 ) -> Result<Result<Selection, CoreError>, NotGrouped> {
     // Pass 1: judge every group, count its pairs and sum its gaps.
+    let far = whole_distance(params.delta);
     let mut blocks: Vec<Block> = (0..groups.blocks())
         .into_par_iter()
         .map_init(Vec::new, |buf, b| {
             let mut out = Block::default();
             let mut small = Small::new();
+            let mut whole = WholePairs::new();
             let visited = groups.visit_block(b, |g| {
                 out.stats.groups_in += 1;
                 let (missing, outline, fast) = match groups.load_small(g, &mut small) {
@@ -148,8 +158,14 @@ fn select_groups(
                     Verdict::DetAboveRho => st.dropped_det_above_rho += 1,
                     Verdict::Kept => {
                         let group = group.expect("a kept group was judged on its rows");
-                        let (pairs, gap_sum) = count_pairs(group, params.delta);
-                        out.kept.push(Kept { group: g, gap_sum });
+                        let (pairs, gap_sum, record) = match whole.list(group, far) {
+                            Some((pairs, gap_sum)) => (pairs, gap_sum, whole.record(&mut out.records)),
+                            None => {
+                                let (pairs, gap_sum) = count_pairs(group, params.delta);
+                                (pairs, gap_sum, None)
+                            }
+                        };
+                        out.kept.push(Kept { group: g, gap_sum, record });
                         st.groups_kept += 1;
                         st.pairs += pairs;
                     }
@@ -194,11 +210,11 @@ fn select_groups(
     };
     for block in blocks.iter().filter(|b| b.stats.pairs > 0) {
         let (head, tail) = rest.split_at(block.stats.pairs as usize);
-        tasks.push((block.kept.as_slice(), head));
+        tasks.push((block, head));
         rest = tail;
     }
-    tasks.into_par_iter().for_each_init(Vec::new, |buf, (run, slices)| {
-        fill_run(groups, run, slices, params, &weigh, buf);
+    tasks.into_par_iter().for_each_init(Vec::new, |buf, (block, slices)| {
+        fill_run(groups, block, slices, params, &weigh, buf);
     });
     Ok(Ok(out))
 }
@@ -208,20 +224,39 @@ fn select_groups(
 #[inline(never)]
 fn fill_run(
     groups: &impl Groups,
-    run: &[Kept],
+    block: &Block,
     slices: OutSlices<'_>,
     params: &Params,
     weigh: &Weigher,
     buf: &mut Vec<Response>,
 ) {
-    let mut at = 0;
+    let (run, mut at) = (block.kept.as_slice(), 0);
     let mut small = Small::new();
+    let mut whole = WholePairs::new();
     for (i, k) in run.iter().enumerate() {
-        // Kept groups are scattered: fetch a few ahead.
-        if let Some(ahead) = run.get(i + PREFETCH_GROUPS) {
-            groups.prefetch(ahead.group.handle, ahead.group.rows);
-        }
         let pid = k.group.prompt_id;
+        if let Some(record) = k.record {
+            whole.read(&block.records, record as usize);
+            // All five columns in one loop over the pairs, without bounds checks.
+            let pairs = whole.pairs();
+            let range = at..at + pairs.len();
+            let out = slices.prompt_id[range.clone()].iter_mut().zip(&mut slices.chosen_id[range.clone()]);
+            let out = out.zip(&mut slices.rejected_id[range.clone()]).zip(&mut slices.gap[range.clone()]);
+            let out = out.zip(&mut slices.weight[range.clone()]).zip(pairs);
+            for (((((prompt_id, chosen_id), rejected_id), gap), weight), (chosen, rejected, d)) in out {
+                (*prompt_id, *chosen_id, *rejected_id) = (pid, chosen, rejected);
+                *gap = d as f64;
+                *weight = weigh.whole(d);
+            }
+            at = range.end;
+            continue;
+        }
+        // Kept groups without a record are scattered: fetch a few ahead.
+        if let Some(ahead) = run.get(i + PREFETCH_GROUPS) {
+            if ahead.record.is_none() {
+                groups.prefetch(ahead.group.handle, ahead.group.rows);
+            }
+        }
         let group = read_group(groups, k.group, &mut small, buf);
         for_each_pair(group, params.delta, |plus, minus, gap| {
             slices.prompt_id[at] = pid;
@@ -308,6 +343,19 @@ impl Weigher {
             self.table[gap as usize] // (no libm trunc: the cast is exact for these)
         } else {
             (gap / self.mean).powf(self.alpha)
+        }
+    }
+
+    /// [`Self::weight`] of a whole gap `d` (from 0 to 2^53, so `d as f64` is exact): the same
+    /// value, without the float checks.
+    #[inline(always)]
+    fn whole(&self, d: i64) -> f64 {
+        if self.unit {
+            1.0
+        } else if (d as u64) < Self::TABLE as u64 {
+            self.table[d as usize]
+        } else {
+            (d as f64 / self.mean).powf(self.alpha)
         }
     }
 }

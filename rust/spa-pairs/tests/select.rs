@@ -99,11 +99,19 @@ fn assert_same(want: &Selection, got: &Selection) {
     assert_eq!(bits(&want.weight), bits(&got.weight));
 }
 
-/// Scores of one kind: 0 integers, 1 halves (exact as f32, not integers), 2 any real.
+/// Scores of one kind: 0 integers, 1 halves (exact as f32, not integers), 2 any real,
+/// 3 whole numbers far apart (gaps past the weight table), -0.0, or near 2^40 (the
+/// refined row's lift then takes some past the whole-number fast path's bound).
 fn score(kind: u8) -> impl Strategy<Value = f64> {
     let values = match kind {
         0 => (1i32..=10).prop_map(f64::from).boxed(),
         1 => (2i32..=20).prop_map(|h| f64::from(h) / 2.0).boxed(),
+        3 => prop_oneof![
+            8 => (-400i32..=400).prop_map(f64::from),
+            1 => Just(-0.0),
+            1 => (-4i64..=4).prop_map(|k| (k << 38) as f64),
+        ]
+        .boxed(),
         _ => (0.0f64..10.0).boxed(),
     };
     prop_oneof![12 => values, 1 => Just(f64::NAN)]
@@ -111,7 +119,7 @@ fn score(kind: u8) -> impl Strategy<Value = f64> {
 
 /// Ragged groups (0-9 rows), mostly one refined row that mostly beats the samples.
 fn rows() -> impl Strategy<Value = Vec<Row>> {
-    let shape = (0u8..3, prop_oneof![Just(1i64), Just(1i64 << 40)], prop_oneof![Just(50i64), Just(500)]);
+    let shape = (0u8..4, prop_oneof![Just(1i64), Just(1i64 << 40)], prop_oneof![Just(50i64), Just(500)]);
     shape.prop_flat_map(|(real, spread, id_max)| {
         prop::collection::btree_set(-30i64..30, 0..12)
             .prop_flat_map(move |pids| {
