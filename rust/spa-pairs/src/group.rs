@@ -666,27 +666,34 @@ impl WholePairs {
 
     /// The most words a record takes.
     const RECORD: usize = 1 + 2 * SMALL + MAX_PAIRS.div_ceil(8);
+}
 
-    /// Read back the record that starts at `records[at]`.
+/// A [`WholePairs`] record, read where it lies (nothing copied).
+pub(crate) struct Recorded<'r> {
+    id: &'r [i64],
+    sum: &'r [i64],
+    /// The pairs' bytes, eight to a word.
+    list: &'r [i64],
+    len: usize,
+}
+
+impl<'r> Recorded<'r> {
+    /// The record that starts at `records[at]`.
     #[inline(always)]
-    pub(crate) fn read(&mut self, records: &[i64], at: usize) {
+    pub(crate) fn at(records: &'r [i64], at: usize) -> Self {
         let head = records[at] as usize;
         let (n, len) = (head & 0xff, head >> 8);
         let record = &records[at + 1..at + 1 + 2 * n + len.div_ceil(8)];
         let (id, rest) = record.split_at(n);
         let (sum, list) = rest.split_at(n);
-        self.id[..n].copy_from_slice(id);
-        self.sum[..n].copy_from_slice(sum);
-        for (bytes, word) in self.list.chunks_exact_mut(8).zip(list) {
-            bytes.copy_from_slice(&word.to_le_bytes());
-        }
-        (self.n, self.len) = (n, len);
+        Self { id, sum, list, len }
     }
 
-    /// The pairs listed: (chosen id, rejected id, gap).
+    /// The pairs: (chosen id, rejected id, gap).
     #[inline(always)]
     pub(crate) fn pairs(&self) -> impl ExactSizeIterator<Item = (i64, i64, i64)> + '_ {
-        self.list[..self.len].iter().map(|&pm| {
+        (0..self.len).map(|k| {
+            let pm = (self.list[k / 8] >> (8 * (k % 8))) as u8;
             let (p, m) = (usize::from(pm >> 4), usize::from(pm & 15));
             (self.id[p], self.id[m], (self.sum[p] - self.sum[m]).abs())
         })
@@ -795,12 +802,19 @@ mod tests {
         for _ in 0..5000 {
             let scale = [1.0, 1e6, (1u64 << 36) as f64][next(3) as usize];
             let len = 1 + next(SMALL as u64) as i64;
+            let spacing = [7, 1_000_003, 1 << 58][next(3) as usize];
             let mut score = || match next(8) {
                 0 => -0.0,
                 _ => (next(21) as f64 - 10.0) * scale,
             };
             let group: Vec<Response> = (0..len)
-                .map(|i| Response { id: 7 * i - 20, a: score(), b: score(), refined: false, missing: false })
+                .map(|i| Response {
+                    id: spacing * i - 20,
+                    a: score(),
+                    b: score(),
+                    refined: false,
+                    missing: false,
+                })
                 .collect();
             assert!(group.iter().all(|r| whole(r.a) && whole(r.b)));
             let delta = [0.0, 1.0, 2.5, 7.0, 3e6, 1e300][next(6) as usize];
@@ -815,8 +829,7 @@ mod tests {
             // Listed, recorded and read back: the same pairs as `for_each_pair`'s.
             let mut records = vec![7];
             assert_eq!(whole.record(&mut records), Some(1));
-            let mut back = WholePairs::new();
-            back.read(&records, 1);
+            let back = Recorded::at(&records, 1);
             let mut want = Vec::new();
             for_each_pair(&group, delta, |p, m, gap| want.push((p.id, m.id, gap.to_bits())));
             let got: Vec<_> = back.pairs().map(|(p, m, gap)| (p, m, (gap as f64).to_bits())).collect();

@@ -8,7 +8,8 @@
 use rayon::prelude::*;
 
 use crate::group::{
-    count_pairs, for_each_pair, judge, whole_distance, Outline, Response, Small, Verdict, WholePairs,
+    count_pairs, for_each_pair, judge, whole_distance, Outline, Recorded, Response, Small, Verdict,
+    WholePairs,
 };
 use crate::layout::{group, Group, Grouping, Groups, NotGrouped, SortedRows, PREFETCH_GROUPS};
 use crate::memory;
@@ -232,12 +233,11 @@ fn fill_run(
 ) {
     let (run, mut at) = (block.kept.as_slice(), 0);
     let mut small = Small::new();
-    let mut whole = WholePairs::new();
     for (i, k) in run.iter().enumerate() {
         let pid = k.group.prompt_id;
         if let Some(record) = k.record {
-            whole.read(&block.records, record as usize);
-            // All five columns in one loop over the pairs, without bounds checks.
+            // All five columns in one loop over the pairs.
+            let whole = Recorded::at(&block.records, record as usize);
             let pairs = whole.pairs();
             let range = at..at + pairs.len();
             let out = slices.prompt_id[range.clone()].iter_mut().zip(&mut slices.chosen_id[range.clone()]);
