@@ -616,12 +616,12 @@ impl WholePairs {
             for m in p + 1..n {
                 let (da, db) = (a[p] - a[m], b[p] - b[m]);
                 let far = u16::from(da.abs() + db.abs() >= far);
-                let p_wins = u16::from((da > 0) | ((da == 0) & (db > 0)));
-                let m_wins = u16::from((da < 0) | ((da == 0) & (db < 0)));
-                masks[p] |= (far & p_wins) << m;
-                masks[m] |= (far & m_wins) << p;
+                // Lexicographic: the sign of da, or of db where the a are equal.
+                let lex = if da != 0 { da } else { db };
+                masks[p] |= (far & u16::from(lex > 0)) << m;
+                masks[m] |= (far & u16::from(lex < 0)) << p;
                 // One of the two wins unless they are equal; the gap is |da + db| either way.
-                gap_sum += i64::from(far & (p_wins | m_wins)) * (da + db).abs();
+                gap_sum += i64::from(far & u16::from(lex != 0)) * (da + db).abs();
             }
         }
         // Each row's pairs as chosen, in ascending rejected id (output order), eight
