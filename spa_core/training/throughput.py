@@ -171,7 +171,7 @@ def _quiet() -> Iterator[None]:
 def _trainer(variant: Variant, model: Any, tokenizer: Any, dataset: Any, args: argparse.Namespace,
              output_dir: str, device: str, callbacks: list[Any]) -> Any:
     from spa_core.spec import TrainingSpec
-    from spa_core.training.trainer import SPATrainer, _common_args, _select_attention
+    from spa_core.training.trainer import _common_args, simpo_trainer
 
     with _quiet():
         from trl.experimental.cpo import CPOConfig, CPOTrainer
@@ -187,21 +187,18 @@ def _trainer(variant: Variant, model: Any, tokenizer: Any, dataset: Any, args: a
     )
     common = _common_args(spec, output_dir, device, None, save_steps=10**9)
     common.update(save_strategy="no", logging_steps=10**9, seed=args.seed)
-    lengths = dict(max_length=spec.max_length)
     if variant.trainer == "trl":
         # TRL's defaults for everything the benchmark does not pin (its optimizer included).
         for key in ("optim", "torch_compile"):
             common.pop(key)
-        config = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, **lengths)
+        config = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, beta=spec.beta,
+                           simpo_gamma=spec.gamma, max_length=spec.max_length)
         trainer = CPOTrainer(model=model, args=config, train_dataset=dataset.remove_columns("weight"),
                              processing_class=tokenizer, callbacks=callbacks)
         trainer._send_telemetry = lambda: None  # offline
         return trainer
-    _select_attention(model, spec)
-    config = CPOConfig(**common, loss_type="simpo", cpo_alpha=0.0, remove_unused_columns=False,
-                       max_completion_length=spec.max_completion_length, **lengths)
-    return SPATrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                      use_weights=True, speed=spec.speed, callbacks=callbacks)
+    # Exactly the trainer `spa train` builds, on the synthetic pairs.
+    return simpo_trainer(spec, model, tokenizer, dataset, common, callbacks)
 
 
 def run_variant(shape: str, variant: Variant, args: argparse.Namespace) -> dict[str, Any]:

@@ -57,6 +57,7 @@ __all__ = [
     "TrainResult",
     "WeightedPreferenceCollator",
     "last_checkpoint",
+    "simpo_trainer",
     "train",
 ]
 
@@ -331,6 +332,39 @@ def _select_attention(model: PreTrainedModel, spec: TrainingSpec) -> None:
     log.info("attention implementation: %s", name)
 
 
+def simpo_trainer(
+    spec: TrainingSpec,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    dataset: Dataset,
+    args: dict[str, Any],
+    callbacks: list[TrainerCallback],
+) -> SPATrainer:
+    """The `spa` (or `simpo`) trainer on a TRL preference dataset, as `train` builds it:
+    the model's attention set from `spec.speed`, SimPO's β and γ, the lengths, the fast
+    paths. `args`: TrainingArguments (see `_common_args`)."""
+    _select_attention(model, spec)
+    config = CPOConfig(
+        **args,
+        loss_type="simpo",
+        cpo_alpha=0.0,
+        beta=spec.beta,
+        simpo_gamma=spec.gamma,
+        max_length=spec.max_length,
+        max_completion_length=spec.max_completion_length,
+        remove_unused_columns=False,
+    )
+    return SPATrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        use_weights=spec.loss == "spa",
+        speed=spec.speed,
+        callbacks=callbacks,
+    )
+
+
 def _build_trainer(
     spec: TrainingSpec,
     model: PreTrainedModel,
@@ -339,27 +373,10 @@ def _build_trainer(
     args: dict[str, Any],
     callbacks: list[TrainerCallback],
 ) -> Any:
-    _select_attention(model, spec)
     if spec.loss in ("spa", "simpo"):
-        config = CPOConfig(
-            **args,
-            loss_type="simpo",
-            cpo_alpha=0.0,
-            beta=spec.beta,
-            simpo_gamma=spec.gamma,
-            max_length=spec.max_length,
-            max_completion_length=spec.max_completion_length,
-            remove_unused_columns=False,
-        )
-        return SPATrainer(
-            model=model,
-            args=config,
-            train_dataset=preference_dataset(pairs, with_weight=spec.loss == "spa"),
-            processing_class=tokenizer,
-            use_weights=spec.loss == "spa",
-            speed=spec.speed,
-            callbacks=callbacks,
-        )
+        dataset = preference_dataset(pairs, with_weight=spec.loss == "spa")
+        return simpo_trainer(spec, model, tokenizer, dataset, args, callbacks)
+    _select_attention(model, spec)
     if spec.loss == "dpo":
         reference = copy.deepcopy(model).eval().requires_grad_(False)
         config = DPOConfig(
