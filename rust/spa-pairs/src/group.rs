@@ -245,6 +245,151 @@ impl Small {
     }
 }
 
+/// Whole scores of at most this magnitude fit [`Small::judge_listed`]'s 16-bit lanes: the
+/// difference, distance and gap of two rows are at most 4 * 4096 = 2^14.
+const LANE_SCORE: f64 = 4096.0;
+
+impl Small {
+    /// [`judge`] and, for a kept group, [`WholePairs::list`] into `whole` (with
+    /// [`WholePairs::listed`] its pairs), for a group of at most 8 rows in ascending
+    /// response id whose scored rows' scores are whole numbers of magnitude at most
+    /// [`LANE_SCORE`]: the usual case. None for other groups.
+    ///
+    /// The same results, bit for bit, on 16-bit integer lanes: here every term and partial
+    /// sum of the samples' sums (`Sa` .. `Sab`) is an integer below 2^28, exact in f64
+    /// too, so the sums in any order equal the reference's f64 sums; the determinant is
+    /// then computed from them by the same f64 expression ([`det_verdict`]). The rows are listed as they arrived, unscored ones
+    /// included (they pair with nothing): in ascending id, so the pairs come in output
+    /// order. `outline` is the group's, and passed its screen.
+    #[inline(always)]
+    pub(crate) fn judge_listed(
+        &self,
+        outline: &Outline,
+        params: &Params,
+        far: i64,
+        whole: &mut WholePairs,
+    ) -> Option<Verdict> {
+        if self.len > 8 || !self.ascending {
+            return None;
+        }
+        #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+        // SAFETY: the build enables SSE2 (the cfg above), all that `judge_lanes` needs.
+        return unsafe { self.judge_lanes(outline.n_samples, params, far, whole) };
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
+        {
+            let _ = (outline, params, far, whole);
+            None
+        }
+    }
+
+    /// [`Self::judge_listed`]'s body (rows at most 8, ascending), with SSE2.
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    #[target_feature(enable = "sse2")]
+    #[inline]
+    fn judge_lanes(
+        &self,
+        n_samples: usize,
+        params: &Params,
+        far: i64,
+        whole: &mut WholePairs,
+    ) -> Option<Verdict> {
+        use std::arch::x86_64::*;
+        let len = self.len;
+        let scored = !self.unscored & ((1u32 << len) - 1);
+        let refined = self.refined[..len].iter().enumerate().fold(0u32, |m, (i, &r)| m | u32::from(r) << i);
+        // The scores as i32, two rows at a time; a row is fine where both are whole and
+        // small. (Rows from `len` to 8 hold stale values: never used.)
+        let magnitude = _mm_castsi128_pd(_mm_set1_epi64x(i64::MAX));
+        let limit = _mm_set1_pd(LANE_SCORE);
+        let (mut a32, mut b32, mut fine) = ([_mm_setzero_si128(); 4], [_mm_setzero_si128(); 4], 0u32);
+        for k in 0..4 {
+            // SAFETY: rows 2k and 2k + 1 < 8 lie within the 16-row arrays.
+            let (va, vb) = unsafe {
+                (_mm_loadu_pd(self.a.as_ptr().add(2 * k)), _mm_loadu_pd(self.b.as_ptr().add(2 * k)))
+            };
+            let (ta, tb) = (_mm_cvttpd_epi32(va), _mm_cvttpd_epi32(vb));
+            // Whole: it converts back to itself (NaN and out-of-range values do not).
+            let ok = |v, t| {
+                _mm_and_pd(_mm_cmpeq_pd(_mm_cvtepi32_pd(t), v), _mm_cmple_pd(_mm_and_pd(v, magnitude), limit))
+            };
+            fine |= (_mm_movemask_pd(_mm_and_pd(ok(va, ta), ok(vb, tb))) as u32) << (2 * k);
+            (a32[k], b32[k]) = (ta, tb);
+        }
+        if fine & scored != scored {
+            return None;
+        }
+        // Eight 16-bit lanes, a row each; rows without a score (or past `len`) read 0.
+        let lane_bit = _mm_setr_epi16(1, 2, 4, 8, 16, 32, 64, 128);
+        let lanes =
+            |bits: u32| _mm_cmpeq_epi16(_mm_and_si128(_mm_set1_epi16(bits as i16), lane_bit), lane_bit);
+        let pack =
+            |v: [__m128i; 4]| _mm_packs_epi32(_mm_unpacklo_epi64(v[0], v[1]), _mm_unpacklo_epi64(v[2], v[3]));
+        let valid = lanes(scored);
+        let (a, b) = (_mm_and_si128(pack(a32), valid), _mm_and_si128(pack(b32), valid));
+
+        // Step 4: the samples' sums, as integers.
+        let samples = lanes(scored & !refined);
+        let (sa_, sb_) = (_mm_and_si128(a, samples), _mm_and_si128(b, samples));
+        let sum = |v: __m128i| {
+            let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b01_00_11_10>(v));
+            let v = _mm_add_epi32(v, _mm_shuffle_epi32::<0b10_11_00_01>(v));
+            f64::from(_mm_cvtsi128_si32(v))
+        };
+        let one = _mm_set1_epi16(1);
+        let sums = [
+            sum(_mm_madd_epi16(sa_, one)),
+            sum(_mm_madd_epi16(sb_, one)),
+            sum(_mm_madd_epi16(sa_, sa_)),
+            sum(_mm_madd_epi16(sb_, sb_)),
+            sum(_mm_madd_epi16(sa_, sb_)),
+        ];
+        let verdict = det_verdict(n_samples, sums, params);
+        if verdict != Verdict::Kept {
+            return Some(verdict);
+        }
+
+        // Step 5: for each scored row p, the rows it is chosen over, all at once.
+        let (mut a16, mut b16) = ([0i16; 8], [0i16; 8]);
+        // SAFETY: each array holds the 16 bytes stored.
+        unsafe {
+            _mm_storeu_si128(a16.as_mut_ptr().cast(), a);
+            _mm_storeu_si128(b16.as_mut_ptr().cast(), b);
+        }
+        // A distance (at most 2^14) is at least `far` when above `far - 1`, clamped.
+        let below = _mm_set1_epi16((far.clamp(0, (1 << 14) + 1) - 1) as i16);
+        let zero = _mm_setzero_si128();
+        let abs = |v| {
+            let sign = _mm_srai_epi16::<15>(v);
+            _mm_sub_epi16(_mm_xor_si128(v, sign), sign)
+        };
+        let (mut masks, mut gaps) = ([0u16; 8], zero);
+        let mut rest = scored;
+        while rest != 0 {
+            let p = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            let da = _mm_sub_epi16(_mm_set1_epi16(a16[p]), a);
+            let db = _mm_sub_epi16(_mm_set1_epi16(b16[p]), b);
+            let far_enough = _mm_cmpgt_epi16(_mm_add_epi16(abs(da), abs(db)), below);
+            // Lexicographic: the sign of da, or of db where the a are equal.
+            let wins = _mm_or_si128(
+                _mm_cmpgt_epi16(da, zero),
+                _mm_and_si128(_mm_cmpeq_epi16(da, zero), _mm_cmpgt_epi16(db, zero)),
+            );
+            let pairs = _mm_and_si128(_mm_and_si128(far_enough, wins), valid);
+            masks[p] = (_mm_movemask_epi8(_mm_packs_epi16(pairs, zero)) & 0xff) as u16;
+            let gap = _mm_and_si128(abs(_mm_add_epi16(da, db)), pairs);
+            gaps = _mm_add_epi32(gaps, _mm_madd_epi16(gap, one));
+        }
+        for i in 0..len {
+            whole.id[i] = self.id[i];
+            whole.sum[i] = i64::from(a16[i]) + i64::from(b16[i]);
+        }
+        whole.list_masks(&masks[..len]);
+        whole.gap_sum = sum(gaps) as i64;
+        Some(verdict)
+    }
+}
+
 /// [`load_small`] for a group of exactly `N` rows given column by column (`N` at most 8):
 /// the same results. The outline is taken two rows at a time (see
 /// [`outline_of`]); the rows are then copied column by column.
@@ -464,7 +609,13 @@ pub(crate) fn judge(group: &[Response], outline: &Outline, params: &Params) -> V
         sbb += b * b;
         sab += a * b;
     }
-    let n = outline.n_samples as f64;
+    det_verdict(outline.n_samples, [sa, sb, saa, sbb, sab], params)
+}
+
+/// Step 4's last rule, from the samples' number and sums `[Sa, Sb, Saa, Sbb, Sab]`.
+#[inline(always)]
+fn det_verdict(n_samples: usize, [sa, sb, saa, sbb, sab]: [f64; 5], params: &Params) -> Verdict {
+    let n = n_samples as f64;
     let caa = n * saa - sa * sa;
     let cbb = n * sbb - sb * sb;
     let cab = n * sab - sa * sb;
@@ -583,13 +734,15 @@ pub(crate) struct WholePairs {
     /// `MAX_PAIRS`): indices are masked, not bounds-checked.
     list: [u8; Self::ROOM + 8],
     len: usize,
+    /// The listed pairs' gaps, added.
+    gap_sum: i64,
 }
 
 impl WholePairs {
     const ROOM: usize = (MAX_PAIRS + 1).next_power_of_two();
 
     pub(crate) fn new() -> Self {
-        Self { n: 0, id: [0; SMALL], sum: [0; SMALL], list: [0; Self::ROOM + 8], len: 0 }
+        Self { n: 0, id: [0; SMALL], sum: [0; SMALL], list: [0; Self::ROOM + 8], len: 0, gap_sum: 0 }
     }
 
     /// Whether `group` (scored rows in ascending response id) is small with whole scores;
@@ -624,11 +777,28 @@ impl WholePairs {
                 gap_sum += i64::from(far & u16::from(lex != 0)) * (da + db).abs();
             }
         }
+        self.list_masks(&masks[..n]);
+        self.gap_sum = gap_sum;
+        Some(self.listed())
+    }
+
+    /// The listed pairs' number and gap sum (as [`count_pairs`]).
+    #[inline(always)]
+    pub(crate) fn listed(&self) -> (u64, f64) {
+        // (Exact: below 2^53. A sum of no gap or of zero gaps is +0.0, as in output order.)
+        (self.len as u64, self.gap_sum as f64)
+    }
+
+    /// List the pairs of rows `0..masks.len()`, row `p` chosen over row `m` where bit `m`
+    /// of `masks[p]` is set, in output order.
+    #[inline(always)]
+    fn list_masks(&mut self, masks: &[u16]) {
+        let n = masks.len();
         // Each row's pairs as chosen, in ascending rejected id (output order), eight
         // rejected rows at a time: their indices by table, stored as one word at the next
         // free slot, of which as many bytes are kept as the mask has bits. No branch.
         let mut len = 0;
-        for (p, &mask) in masks[..n].iter().enumerate() {
+        for (p, &mask) in masks.iter().enumerate() {
             let chosen = ((p as u64) << 4) * BYTES;
             for half in 0..n.div_ceil(8) {
                 let bits = usize::from((mask >> (8 * half)) as u8);
@@ -639,8 +809,6 @@ impl WholePairs {
             }
         }
         (self.n, self.len) = (n, len);
-        // (Exact: below 2^53. A sum of no gap or of zero gaps is +0.0, as in output order.)
-        Some((len as u64, gap_sum as f64))
     }
 
     /// Append the listed pairs to `records` and return where they start (None, leaving
@@ -650,22 +818,23 @@ impl WholePairs {
     #[inline(always)]
     pub(crate) fn record(&self, records: &mut Vec<i64>) -> Option<u32> {
         let at = u32::try_from(records.len()).ok()?;
-        // Made in place, then appended at once.
-        let mut record = [0i64; Self::RECORD];
-        let n = self.n;
-        record[0] = (n | self.len << 8) as i64;
-        record[1..=n].copy_from_slice(&self.id[..n]);
-        record[1 + n..1 + 2 * n].copy_from_slice(&self.sum[..n]);
-        let words = self.len.div_ceil(8);
-        for (word, bytes) in record[1 + 2 * n..1 + 2 * n + words].iter_mut().zip(self.list.chunks_exact(8)) {
-            *word = i64::from_le_bytes(bytes.try_into().expect("8 bytes"));
+        let (n, words) = (self.n, self.len.div_ceil(8));
+        let size = 1 + 2 * n + words;
+        // Written in place, then the length set once.
+        records.reserve(size);
+        let room = &mut records.spare_capacity_mut()[..size];
+        room[0].write((n | self.len << 8) as i64);
+        for i in 0..n {
+            room[1 + i].write(self.id[i]);
+            room[1 + n + i].write(self.sum[i]);
         }
-        records.extend_from_slice(&record[..1 + 2 * n + words]);
+        for (word, bytes) in room[1 + 2 * n..].iter_mut().zip(self.list.chunks_exact(8)) {
+            word.write(i64::from_le_bytes(bytes.try_into().expect("8 bytes")));
+        }
+        // SAFETY: the `size` slots of spare capacity from the end were written above.
+        unsafe { records.set_len(records.len() + size) };
         Some(at)
     }
-
-    /// The most words a record takes.
-    const RECORD: usize = 1 + 2 * SMALL + MAX_PAIRS.div_ceil(8);
 }
 
 /// A [`WholePairs`] record, read where it lies (nothing copied).
@@ -755,6 +924,16 @@ mod tests {
         judge(group, &Outline::of(group), params)
     }
 
+    /// Pseudo-random numbers below `m` (xorshift64) from a non-zero seed.
+    fn numbers(mut state: u64) -> impl FnMut(u64) -> u64 {
+        move |m| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % m
+        }
+    }
+
     const SQUARE: [(f64, f64); 4] = [(1.0, 1.0), (4.0, 1.0), (1.0, 4.0), (4.0, 4.0)];
 
     #[test]
@@ -792,13 +971,7 @@ mod tests {
 
     #[test]
     fn whole_scores_count_as_in_output_order() {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |m: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % m
-        };
+        let mut next = numbers(0x9e37_79b9_7f4a_7c15);
         for _ in 0..5000 {
             let scale = [1.0, 1e6, (1u64 << 36) as f64][next(3) as usize];
             let len = 1 + next(SMALL as u64) as i64;
@@ -836,6 +1009,75 @@ mod tests {
             assert_eq!(got, want);
         }
         assert!(!whole(0.5) && !whole(f64::NAN) && !whole(f64::INFINITY) && !whole(1e13));
+    }
+
+    #[test]
+    fn lanes_judge_and_list_as_the_rows_do() {
+        let mut next = numbers(0x2545_f491_4f6c_dd1d);
+        // Around the lanes' bound (4096), and values they must leave to the rows.
+        // (Past 8191, two rows' distance would overflow 16 bits.)
+        const EDGE: [f64; 13] = [
+            4096.0,
+            -4096.0,
+            4095.0,
+            -4095.0,
+            4097.0,
+            -4097.0,
+            9000.0,
+            -9000.0,
+            40000.0,
+            -0.0,
+            0.5,
+            1e13,
+            f64::NAN,
+        ];
+        let (mut on_lanes, mut kept_on_lanes) = (0, 0);
+        for _ in 0..20_000 {
+            let len = 2 + next(7) as usize;
+            let spread = [3, 8, 4096][next(3) as usize];
+            let refined_at = next(len as u64) as usize;
+            let rows: Vec<Row> = {
+                let mut score = || match next(10) {
+                    0 => EDGE[next(EDGE.len() as u64) as usize],
+                    _ => (next(2 * spread + 1) as f64) - spread as f64,
+                };
+                (0..len)
+                    .map(|i| {
+                        let lift = if i == refined_at { 2.0 * spread as f64 } else { 0.0 };
+                        (3 * i as i64 - 5, score() + lift, score() + lift, i == refined_at)
+                    })
+                    .collect()
+            };
+            let mut small = Small::new();
+            let (_, outline) = load_small(len, rows.iter().copied(), &mut small).unwrap();
+            if outline.screen().is_some() {
+                continue;
+            }
+            let p =
+                Params::new([0.5, 9.0, 1e9][next(3) as usize], [0.0, 1.0, 2.5, 1e4][next(4) as usize], 1.0)
+                    .unwrap();
+            let far = whole_distance(p.delta);
+            let mut lanes = WholePairs::new();
+            let Some(verdict) = small.judge_listed(&outline, &p, far, &mut lanes) else {
+                continue;
+            };
+            on_lanes += 1;
+            let group = small.scored_rows();
+            assert_eq!(verdict, judge(group, &outline, &p), "{rows:?}");
+            if verdict != Verdict::Kept {
+                continue;
+            }
+            kept_on_lanes += 1;
+            let mut rows_way = WholePairs::new();
+            let want = rows_way.list(group, far).expect("whole scores");
+            assert_eq!((lanes.listed().0, lanes.listed().1.to_bits()), (want.0, want.1.to_bits()));
+            let (mut a, mut b) = (vec![0], vec![0]);
+            assert_eq!((lanes.record(&mut a), rows_way.record(&mut b)), (Some(1), Some(1)));
+            let got: Vec<_> = Recorded::at(&a, 1).pairs().collect();
+            assert_eq!(got, Recorded::at(&b, 1).pairs().collect::<Vec<_>>(), "{rows:?}");
+        }
+        // Both ways were really compared, on many groups.
+        assert!(on_lanes > 2000 && kept_on_lanes > 500, "{on_lanes} {kept_on_lanes}");
     }
 
     #[test]

@@ -144,12 +144,20 @@ fn select_groups(
                 let st = &mut out.stats;
                 st.dropped_missing += missing;
                 // Most groups are decided by their outline, before their rows are ordered.
+                // Of the others, most are judged and listed on integer lanes.
                 let verdict = outline.screen();
                 let (verdict, group) = match verdict {
                     Some(v) => (v, None),
                     None => {
-                        let group = if fast { small.scored_rows() } else { buf.as_slice() };
-                        (judge(group, &outline, params), Some(group))
+                        let on_lanes =
+                            if fast { small.judge_listed(&outline, params, far, &mut whole) } else { None };
+                        match on_lanes {
+                            Some(v) => (v, None),
+                            None => {
+                                let group = if fast { small.scored_rows() } else { buf.as_slice() };
+                                (judge(group, &outline, params), Some(group))
+                            }
+                        }
                     }
                 };
                 match verdict {
@@ -158,13 +166,18 @@ fn select_groups(
                     Verdict::DetZero => st.dropped_det_zero += 1,
                     Verdict::DetAboveRho => st.dropped_det_above_rho += 1,
                     Verdict::Kept => {
-                        let group = group.expect("a kept group was judged on its rows");
-                        let (pairs, gap_sum, record) = match whole.list(group, far) {
-                            Some((pairs, gap_sum)) => (pairs, gap_sum, whole.record(&mut out.records)),
-                            None => {
+                        // Listed already (judged on lanes), listed now, or counted.
+                        let listed = match group {
+                            None => Some(whole.listed()),
+                            Some(group) => whole.list(group, far),
+                        };
+                        let (pairs, gap_sum, record) = match (listed, group) {
+                            (Some((pairs, gap_sum)), _) => (pairs, gap_sum, whole.record(&mut out.records)),
+                            (None, Some(group)) => {
                                 let (pairs, gap_sum) = count_pairs(group, params.delta);
                                 (pairs, gap_sum, None)
                             }
+                            (None, None) => unreachable!("a group judged on lanes is listed"),
                         };
                         out.kept.push(Kept { group: g, gap_sum, record });
                         st.groups_kept += 1;

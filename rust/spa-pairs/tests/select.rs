@@ -100,14 +100,17 @@ fn assert_same(want: &Selection, got: &Selection) {
 }
 
 /// Scores of one kind: 0 integers, 1 halves (exact as f32, not integers), 2 any real,
-/// 3 whole numbers far apart (gaps past the weight table), -0.0, or near 2^40 (the
-/// refined row's lift then takes some past the whole-number fast path's bound).
+/// 3 whole numbers far apart (gaps past the weight table), near the integer lanes' bound
+/// (4096), -0.0, or near 2^40 (the refined row's lift then takes some past the
+/// whole-number fast path's bound).
 fn score(kind: u8) -> impl Strategy<Value = f64> {
     let values = match kind {
         0 => (1i32..=10).prop_map(f64::from).boxed(),
         1 => (2i32..=20).prop_map(|h| f64::from(h) / 2.0).boxed(),
         3 => prop_oneof![
             8 => (-400i32..=400).prop_map(f64::from),
+            1 => (4090i32..=4100).prop_map(f64::from),
+            1 => (-4100i32..=-4090).prop_map(f64::from),
             1 => Just(-0.0),
             1 => (-4i64..=4).prop_map(|k| (k << 38) as f64),
         ]
