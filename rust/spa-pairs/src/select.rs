@@ -84,13 +84,22 @@ struct Kept {
 }
 
 /// Pass 1 over one block of consecutive groups.
-#[derive(Default)]
 struct Block {
     stats: Stats,
     error: Option<CoreError>,
     kept: Vec<Kept>,
     /// The kept groups' [`WholePairs`] records, one after the other.
     records: Vec<i64>,
+    /// The kept groups' gap sums added, while each is a whole number (listed groups'
+    /// are) and the total fits.
+    whole_gaps: Option<u64>,
+}
+
+impl Default for Block {
+    fn default() -> Self {
+        let (kept, records) = (Vec::new(), Vec::new());
+        Self { stats: Stats::default(), error: None, kept, records, whole_gaps: Some(0) }
+    }
 }
 
 /// Denoise the groups and build their weighted pairs (DESIGN.md steps 4-6).
@@ -172,9 +181,14 @@ fn select_groups(
                             Some(group) => whole.list(group, far),
                         };
                         let (pairs, gap_sum, record) = match (listed, group) {
-                            (Some((pairs, gap_sum)), _) => (pairs, gap_sum, whole.record(&mut out.records)),
+                            (Some((pairs, gap_sum)), _) => {
+                                // (A whole number, below 2^53.)
+                                out.whole_gaps = out.whole_gaps.and_then(|s| s.checked_add(gap_sum as u64));
+                                (pairs, gap_sum, whole.record(&mut out.records))
+                            }
                             (None, Some(group)) => {
                                 let (pairs, gap_sum) = count_pairs(group, params.delta);
+                                out.whole_gaps = None;
                                 (pairs, gap_sum, None)
                             }
                             (None, None) => unreachable!("a group judged on lanes is listed"),
@@ -197,16 +211,12 @@ fn select_groups(
         return Ok(Err(e));
     }
     // Kept groups stay in their blocks (blocks in order): no merged copy.
-    let kept = || blocks.iter().flat_map(|b| b.kept.iter());
-
-    // The mean gap: kept groups' sums added in ascending prompt id, left to right.
     let n_pairs = stats.pairs as usize;
-    let total: f64 = kept().fold(0.0, |acc, k| acc + k.gap_sum);
-    let weigh = Weigher::new(total, n_pairs, params.alpha);
+    let weigh = Weigher::new(total_gap(&blocks), n_pairs, params.alpha);
 
     // Pass 2: fill the outputs, each task a block's kept groups and its own slice of them.
     let mut out = Selection {
-        kept_prompt_ids: kept().map(|k| k.group.prompt_id).collect(),
+        kept_prompt_ids: memory::zeros(stats.groups_kept as usize),
         prompt_id: memory::zeros(n_pairs),
         chosen_id: memory::zeros(n_pairs),
         rejected_id: memory::zeros(n_pairs),
@@ -216,14 +226,15 @@ fn select_groups(
     };
     let mut tasks = Vec::with_capacity(blocks.len());
     let mut rest = OutSlices {
+        kept_prompt_id: &mut out.kept_prompt_ids,
         prompt_id: &mut out.prompt_id,
         chosen_id: &mut out.chosen_id,
         rejected_id: &mut out.rejected_id,
         gap: &mut out.gap,
         weight: &mut out.weight,
     };
-    for block in blocks.iter().filter(|b| b.stats.pairs > 0) {
-        let (head, tail) = rest.split_at(block.stats.pairs as usize);
+    for block in blocks.iter().filter(|b| !b.kept.is_empty()) {
+        let (head, tail) = rest.split_at(block.kept.len(), block.stats.pairs as usize);
         tasks.push((block, head));
         rest = tail;
     }
@@ -231,6 +242,27 @@ fn select_groups(
         fill_run(groups, block, slices, params, &weigh, buf);
     });
     Ok(Ok(out))
+}
+
+/// The kept groups' gap sums added in ascending prompt id, left to right (as the Python
+/// reference does).
+///
+/// A block whose sums are all whole numbers is added at once while the total is a whole
+/// number too and stays at most 2^53: every partial sum is then exact, so the result is
+/// the same, bit for bit.
+fn total_gap(blocks: &[Block]) -> f64 {
+    const EXACT: u64 = 1 << 53;
+    let mut total = 0.0f64;
+    for block in blocks {
+        let whole_total = (total.fract() == 0.0 && total <= EXACT as f64).then_some(total as u64);
+        let at_once =
+            whole_total.zip(block.whole_gaps).and_then(|(t, s)| t.checked_add(s)).filter(|&t| t <= EXACT);
+        total = match at_once {
+            Some(t) => t as f64,
+            None => block.kept.iter().fold(total, |acc, k| acc + k.gap_sum),
+        };
+    }
+    total
 }
 
 /// Pass 2 over one block's kept groups: their pairs into `slices`, which fit them exactly
@@ -248,6 +280,7 @@ fn fill_run(
     let mut small = Small::new();
     for (i, k) in run.iter().enumerate() {
         let pid = k.group.prompt_id;
+        slices.kept_prompt_id[i] = pid;
         if let Some(record) = k.record {
             // All five columns in one loop over the pairs.
             let whole = Recorded::at(&block.records, record as usize);
@@ -299,8 +332,9 @@ fn read_group<'b>(
     buf.as_slice()
 }
 
-/// Disjoint mutable windows of the five pair columns.
+/// Disjoint mutable windows of the kept prompt ids and the five pair columns.
 struct OutSlices<'o> {
+    kept_prompt_id: &'o mut [i64],
     prompt_id: &'o mut [i64],
     chosen_id: &'o mut [i64],
     rejected_id: &'o mut [i64],
@@ -309,15 +343,17 @@ struct OutSlices<'o> {
 }
 
 impl<'o> OutSlices<'o> {
-    fn split_at(self, k: usize) -> (Self, Self) {
+    /// The first `groups` kept groups and `k` pairs, and the rest.
+    fn split_at(self, groups: usize, k: usize) -> (Self, Self) {
+        let (i0, i1) = self.kept_prompt_id.split_at_mut(groups);
         let (p0, p1) = self.prompt_id.split_at_mut(k);
         let (c0, c1) = self.chosen_id.split_at_mut(k);
         let (r0, r1) = self.rejected_id.split_at_mut(k);
         let (g0, g1) = self.gap.split_at_mut(k);
         let (w0, w1) = self.weight.split_at_mut(k);
         (
-            Self { prompt_id: p0, chosen_id: c0, rejected_id: r0, gap: g0, weight: w0 },
-            Self { prompt_id: p1, chosen_id: c1, rejected_id: r1, gap: g1, weight: w1 },
+            Self { kept_prompt_id: i0, prompt_id: p0, chosen_id: c0, rejected_id: r0, gap: g0, weight: w0 },
+            Self { kept_prompt_id: i1, prompt_id: p1, chosen_id: c1, rejected_id: r1, gap: g1, weight: w1 },
         )
     }
 }

@@ -241,16 +241,20 @@ proptest! {
     }
 }
 
-/// Many groups, so every layout splits its work across threads.
-#[test]
-fn thousands_of_groups_in_any_layout() {
-    let mut state = 0x9e3779b97f4a7c15u64;
-    let mut next = move |m: u64| {
+/// Pseudo-random numbers below `m` (xorshift64) from a non-zero seed.
+fn numbers(mut state: u64) -> impl FnMut(u64) -> u64 {
+    move |m| {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         state % m
-    };
+    }
+}
+
+/// Many groups, so every layout splits its work across threads.
+#[test]
+fn thousands_of_groups_in_any_layout() {
+    let mut next = numbers(0x9e3779b97f4a7c15);
     let mut rows = Vec::new();
     for pid in 0..40_000i64 {
         for rid in 0..6 {
@@ -274,6 +278,28 @@ fn thousands_of_groups_in_any_layout() {
     let got = run(&sparse, &p).unwrap(); // sparse ids: comparison sort
     assert_eq!(got.stats, want.stats);
     assert_eq!(got.weight, want.weight);
+}
+
+/// Whole scores but for a few groups' (thirds, inexact in binary), across many blocks: the
+/// mean gap is still the reference's sum, left to right, bit for bit.
+#[test]
+fn a_few_fractional_groups_among_thousands() {
+    let mut next = numbers(0x2545f4914f6cdd1d);
+    let mut rows = Vec::new();
+    for pid in 0..60_000i64 {
+        // In the first block only: the later, whole blocks then add to a fractional total.
+        let third = if pid % 997 == 5 && pid < 2000 { 1.0 / 3.0 } else { 0.0 };
+        for rid in 0..6 {
+            let lift = if rid == 5 { 7.0 } else { 0.0 };
+            let a = (1 + next(7)) as f64 + lift + third * (rid % 2) as f64;
+            rows.push((pid, rid, rid == 5, a, (1 + next(7)) as f64 + lift));
+        }
+    }
+    let p = Params::new(50.0, 1.0, 1.5).unwrap();
+    let want = naive(&rows, &p);
+    assert!(want.stats.groups_kept > 1000);
+    assert!(want.gap.iter().any(|g| g.fract() != 0.0));
+    assert_same(&want, &run(&rows, &p).unwrap());
 }
 
 #[test]
