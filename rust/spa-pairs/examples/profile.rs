@@ -1,8 +1,11 @@
 //! Time select_pairs on generated data: `cargo run --release --example profile -- PROMPTS [shuffled|grouped|reversed] [REPEAT]`.
+//!
+//! `PORTABLE=1`: without the AVX-512 path (`select_pairs_portable`); `READ_ONLY=1`: time a
+//! read of the input instead.
 
 use std::time::Instant;
 
-use spa_pairs::{select_pairs, Columns, Params};
+use spa_pairs::{select_pairs, select_pairs_portable, Columns, Params};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -75,9 +78,11 @@ fn main() {
     }
     let cols = Columns::new(&pid, &rid, &refined, &a, &b).unwrap();
     let params = Params::new(50.0, 2.0, 1.0).unwrap();
+    let portable = std::env::var_os("PORTABLE").is_some();
     for _ in 0..repeat {
         let t = Instant::now();
-        let s = select_pairs(&cols, &params).unwrap();
+        let s = if portable { select_pairs_portable(&cols, &params) } else { select_pairs(&cols, &params) }
+            .unwrap();
         println!(
             "{n} rows, shuffled={shuffled}: {:.3} s, {} pairs",
             t.elapsed().as_secs_f64(),

@@ -3,7 +3,9 @@
 use crate::CoreError;
 
 /// A score column's element: read as f64 (f32 widens exactly). NaN means missing.
-pub trait Score: Copy + Send + Sync {
+///
+/// Implemented for f32 and f64 only (sealed).
+pub trait Score: Copy + Send + Sync + sealed::Lanes {
     fn to_f64(self) -> f64;
     /// The same value as f32 when that is exact (NaN stays NaN), for compact regrouping.
     fn to_f32_exact(self) -> Option<f32>;
@@ -35,7 +37,9 @@ impl Score for f32 {
 }
 
 /// A response id column's element, widened to i64.
-pub trait ResponseId: Copy + Send + Sync {
+///
+/// Implemented for i32 and i64 only (sealed).
+pub trait ResponseId: Copy + Send + Sync + sealed::Lanes {
     fn to_i64(self) -> i64;
     /// The same id as i32 when it fits, for compact regrouping.
     fn to_i32_exact(self) -> Option<i32>;
@@ -63,6 +67,103 @@ impl ResponseId for i32 {
     fn to_i32_exact(self) -> Option<i32> {
         Some(self)
     }
+}
+
+pub(crate) mod sealed {
+    //! What the vector paths need of a column's element type (outside this crate, it
+    //! cannot be implemented: the element types are the four above).
+
+    /// Up to eight consecutive elements as 64-bit lanes (AVX-512).
+    pub trait Lanes: Sized {
+        /// Elements `start..start + 8` of `column` where bit `i` of `k` is set, as f64
+        /// (scores) or i64 (ids), 0 elsewhere; nothing else is read.
+        ///
+        /// # Safety
+        /// The CPU has AVX-512 F, BW, VL and DQ, and `start + i < column.len()` for every
+        /// bit `i` of `k`.
+        #[cfg(target_arch = "x86_64")]
+        unsafe fn lanes(column: &[Self], start: usize, k: u8) -> Wide;
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    pub use std::arch::x86_64::__m512d as Wide;
+
+    #[cfg(target_arch = "x86_64")]
+    mod x86 {
+        use std::arch::x86_64::*;
+
+        use super::{Lanes, Wide};
+
+        impl Lanes for f64 {
+            #[inline]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn lanes(column: &[f64], start: usize, k: u8) -> Wide {
+                // SAFETY: the masked load reads only the elements of `k`, in bounds (caller).
+                unsafe {
+                    if start + 8 <= column.len() {
+                        _mm512_loadu_pd(column.as_ptr().add(start))
+                    } else {
+                        _mm512_maskz_loadu_pd(k, column.as_ptr().add(start))
+                    }
+                }
+            }
+        }
+
+        impl Lanes for f32 {
+            #[inline]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn lanes(column: &[f32], start: usize, k: u8) -> Wide {
+                // SAFETY: as for f64. (f32 widens exactly; NaN stays NaN.)
+                unsafe {
+                    if start + 8 <= column.len() {
+                        _mm512_cvtps_pd(_mm256_loadu_ps(column.as_ptr().add(start)))
+                    } else {
+                        _mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, column.as_ptr().add(start)))
+                    }
+                }
+            }
+        }
+
+        impl Lanes for i64 {
+            #[inline]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn lanes(column: &[i64], start: usize, k: u8) -> Wide {
+                // SAFETY: as for f64.
+                unsafe {
+                    if start + 8 <= column.len() {
+                        _mm512_castsi512_pd(_mm512_loadu_epi64(column.as_ptr().add(start)))
+                    } else {
+                        _mm512_castsi512_pd(_mm512_maskz_loadu_epi64(k, column.as_ptr().add(start)))
+                    }
+                }
+            }
+        }
+
+        impl Lanes for i32 {
+            #[inline]
+            #[target_feature(enable = "avx512f,avx512vl")]
+            unsafe fn lanes(column: &[i32], start: usize, k: u8) -> Wide {
+                // SAFETY: as for f64 (sign-extended to 64 bits).
+                unsafe {
+                    let v = if start + 8 <= column.len() {
+                        _mm256_loadu_si256(column.as_ptr().add(start).cast())
+                    } else {
+                        _mm256_maskz_loadu_epi32(k, column.as_ptr().add(start))
+                    };
+                    _mm512_castsi512_pd(_mm512_cvtepi32_epi64(v))
+                }
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    impl Lanes for f64 {}
+    #[cfg(not(target_arch = "x86_64"))]
+    impl Lanes for f32 {}
+    #[cfg(not(target_arch = "x86_64"))]
+    impl Lanes for i64 {}
+    #[cfg(not(target_arch = "x86_64"))]
+    impl Lanes for i32 {}
 }
 
 /// One row per scored response; rows in any order, groups (by prompt id) ragged.

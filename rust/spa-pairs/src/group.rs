@@ -247,7 +247,8 @@ impl Small {
 
 /// Whole scores of at most this magnitude fit [`Small::judge_listed`]'s 16-bit lanes: the
 /// difference, distance and gap of two rows are at most 4 * 4096 = 2^14.
-const LANE_SCORE: f64 = 4096.0;
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) const LANE_SCORE: f64 = 4096.0;
 
 impl Small {
     /// [`judge`] and, for a kept group, [`WholePairs::list`] into `whole` (with
@@ -614,7 +615,7 @@ pub(crate) fn judge(group: &[Response], outline: &Outline, params: &Params) -> V
 
 /// Step 4's last rule, from the samples' number and sums `[Sa, Sb, Saa, Sbb, Sab]`.
 #[inline(always)]
-fn det_verdict(n_samples: usize, [sa, sb, saa, sbb, sab]: [f64; 5], params: &Params) -> Verdict {
+pub(crate) fn det_verdict(n_samples: usize, [sa, sb, saa, sbb, sab]: [f64; 5], params: &Params) -> Verdict {
     let n = n_samples as f64;
     let caa = n * saa - sa * sa;
     let cbb = n * sbb - sb * sb;
@@ -780,6 +781,19 @@ impl WholePairs {
         self.list_masks(&masks[..n]);
         self.gap_sum = gap_sum;
         Some(self.listed())
+    }
+
+    /// List the pairs of rows with ids `id` and sums `a + b` (whole numbers), chosen over
+    /// each other as `masks` says (see [`Self::list_masks`]), their gaps adding up to
+    /// `gap_sum`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    #[inline(always)]
+    pub(crate) fn set(&mut self, id: &[i64], sum: &[i64], masks: &[u16], gap_sum: i64) {
+        let n = masks.len();
+        self.id[..n].copy_from_slice(&id[..n]);
+        self.sum[..n].copy_from_slice(&sum[..n]);
+        self.list_masks(masks);
+        self.gap_sum = gap_sum;
     }
 
     /// The listed pairs' number and gap sum (as [`count_pairs`]).

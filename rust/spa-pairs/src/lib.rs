@@ -11,8 +11,13 @@
 //!
 //! Groups of up to 16 rows (the usual case) take a fast path in `group`: rows read once
 //! into a stack array, most groups decided by their counts and maxima alone (an `Outline`),
-//! the rest ordered by response id and judged, pairs found by comparing each couple once.
-//! Larger or irregular groups take the general path; both give identical results.
+//! the rest ordered by response id and judged, pairs found by comparing each couple once
+//! (small whole scores on 16-bit SSE2 lanes). Larger or irregular groups take the general
+//! path; both give identical results.
+//!
+//! On x86-64 CPUs with AVX-512, rows sorted by prompt id take a vector path for pass 1
+//! (`layout::screen`, chosen at run time): a group of up to 8 rows is screened, judged and
+//! listed eight rows per instruction. [`select_pairs_portable`] skips it, for tests.
 
 mod columns;
 mod error;
@@ -23,7 +28,7 @@ mod select;
 
 pub use columns::{Columns, Params, ResponseId, Score};
 pub use error::CoreError;
-pub use select::{select_pairs, Selection, Stats};
+pub use select::{select_pairs, select_pairs_portable, Selection, Stats};
 
 /// `det(Sigma)` counts as zero when `D <= DET_ZERO_RELATIVE * (Caa * Cbb)` (see `group.rs`).
 pub const DET_ZERO_RELATIVE: f64 = 1e-12;

@@ -11,7 +11,9 @@ use crate::group::{
     count_pairs, for_each_pair, judge, whole_distance, Outline, Recorded, Response, Small, Verdict,
     WholePairs,
 };
-use crate::layout::{group, Group, Grouping, Groups, NotGrouped, SortedRows, PREFETCH_GROUPS};
+use crate::layout::{
+    group, Group, Grouping, Groups, NotGrouped, Screen, Screened, SortedRows, PREFETCH_GROUPS,
+};
 use crate::memory;
 use crate::{Columns, CoreError, Params, ResponseId, Score};
 
@@ -107,13 +109,32 @@ pub fn select_pairs<R: ResponseId, S: Score>(
     cols: &Columns<'_, R, S>,
     params: &Params,
 ) -> Result<Selection, CoreError> {
+    select(cols, params, true)
+}
+
+/// [`select_pairs`] without the AVX-512 screen, whatever the CPU (for tests: the same
+/// results by the portable path).
+#[doc(hidden)]
+pub fn select_pairs_portable<R: ResponseId, S: Score>(
+    cols: &Columns<'_, R, S>,
+    params: &Params,
+) -> Result<Selection, CoreError> {
+    select(cols, params, false)
+}
+
+/// [`select_pairs`], screening with AVX-512 where `vector` and the CPU has it.
+fn select<R: ResponseId, S: Score>(
+    cols: &Columns<'_, R, S>,
+    params: &Params,
+    vector: bool,
+) -> Result<Selection, CoreError> {
     let params = Params::new(params.rho, params.delta, params.alpha)?;
     let stats = Stats { rows_in: cols.len() as u64, ..Stats::default() };
     if cols.is_empty() {
         return Ok(Selection { stats, ..Selection::default() });
     }
     // Rows sorted by prompt id: no extra pass, nothing regrouped.
-    if let Ok(selection) = select_groups(&SortedRows::new(cols), &params, stats) {
+    if let Ok(selection) = select_groups(&SortedRows::new(cols, vector), &params, stats) {
         return selection;
     }
     match group(cols)? {
@@ -134,73 +155,7 @@ fn select_groups(
     let far = whole_distance(params.delta);
     let mut blocks: Vec<Block> = (0..groups.blocks())
         .into_par_iter()
-        .map_init(Vec::new, |buf, b| {
-            let mut out = Block::default();
-            let mut small = Small::new();
-            let mut whole = WholePairs::new();
-            let visited = groups.visit_block(b, |g| {
-                out.stats.groups_in += 1;
-                let (missing, outline, fast) = match groups.load_small(g, &mut small) {
-                    Some((missing, outline)) => (missing, outline, true),
-                    None => match groups.load(g, buf) {
-                        Ok(missing) => (missing, Outline::of(buf), false),
-                        Err(e) => {
-                            out.error = CoreError::first(out.error.take(), Some(e));
-                            return;
-                        }
-                    },
-                };
-                let st = &mut out.stats;
-                st.dropped_missing += missing;
-                // Most groups are decided by their outline, before their rows are ordered.
-                // Of the others, most are judged and listed on integer lanes.
-                let verdict = outline.screen();
-                let (verdict, group) = match verdict {
-                    Some(v) => (v, None),
-                    None => {
-                        let on_lanes =
-                            if fast { small.judge_listed(&outline, params, far, &mut whole) } else { None };
-                        match on_lanes {
-                            Some(v) => (v, None),
-                            None => {
-                                let group = if fast { small.scored_rows() } else { buf.as_slice() };
-                                (judge(group, &outline, params), Some(group))
-                            }
-                        }
-                    }
-                };
-                match verdict {
-                    Verdict::Malformed => st.dropped_malformed += 1,
-                    Verdict::Inconsistent => st.dropped_consistency += 1,
-                    Verdict::DetZero => st.dropped_det_zero += 1,
-                    Verdict::DetAboveRho => st.dropped_det_above_rho += 1,
-                    Verdict::Kept => {
-                        // Listed already (judged on lanes), listed now, or counted.
-                        let listed = match group {
-                            None => Some(whole.listed()),
-                            Some(group) => whole.list(group, far),
-                        };
-                        let (pairs, gap_sum, record) = match (listed, group) {
-                            (Some((pairs, gap_sum)), _) => {
-                                // (A whole number, below 2^53.)
-                                out.whole_gaps = out.whole_gaps.and_then(|s| s.checked_add(gap_sum as u64));
-                                (pairs, gap_sum, whole.record(&mut out.records))
-                            }
-                            (None, Some(group)) => {
-                                let (pairs, gap_sum) = count_pairs(group, params.delta);
-                                out.whole_gaps = None;
-                                (pairs, gap_sum, None)
-                            }
-                            (None, None) => unreachable!("a group judged on lanes is listed"),
-                        };
-                        out.kept.push(Kept { group: g, gap_sum, record });
-                        st.groups_kept += 1;
-                        st.pairs += pairs;
-                    }
-                }
-            });
-            visited.map(|()| out)
-        })
+        .map_init(Vec::new, |buf, b| PassOne::run(groups, b, params, far, buf))
         .collect::<Result<_, NotGrouped>>()?;
     let mut error = None;
     for block in &mut blocks {
@@ -242,6 +197,134 @@ fn select_groups(
         fill_run(groups, block, slices, params, &weigh, buf);
     });
     Ok(Ok(out))
+}
+
+/// Pass 1 over one block of groups.
+struct PassOne<'p, G> {
+    groups: &'p G,
+    params: &'p Params,
+    far: i64,
+    buf: &'p mut Vec<Response>,
+    small: Small,
+    whole: WholePairs,
+    out: Block,
+}
+
+impl<'p, G: Groups> PassOne<'p, G> {
+    /// Judge every group of block `b`, count its pairs and sum its gaps.
+    fn run(
+        groups: &'p G,
+        b: usize,
+        params: &'p Params,
+        far: i64,
+        buf: &'p mut Vec<Response>,
+    ) -> Result<Block, NotGrouped> {
+        let (small, whole, out) = (Small::new(), WholePairs::new(), Block::default());
+        let mut pass = Self { groups, params, far, buf, small, whole, out };
+        let mut screened = Screened::default();
+        let visited = match groups.screen_block(b, params, &mut screened, &mut pass) {
+            Some(visited) => visited,
+            None => groups.visit_block(b, |g| {
+                screened.groups += 1;
+                pass.decide(g);
+            }),
+        };
+        let screened = Stats {
+            groups_in: screened.groups,
+            dropped_missing: screened.missing,
+            dropped_malformed: screened.malformed,
+            dropped_consistency: screened.inconsistent,
+            dropped_det_zero: screened.det_zero,
+            dropped_det_above_rho: screened.det_above_rho,
+            ..Stats::default()
+        };
+        pass.out.stats = pass.out.stats.merge(screened);
+        visited.map(|()| pass.out)
+    }
+
+    /// One group, by the general path.
+    #[inline(always)]
+    fn decide(&mut self, g: Group) {
+        let (params, far, out) = (self.params, self.far, &mut self.out);
+        let (small, buf, whole) = (&mut self.small, &mut *self.buf, &mut self.whole);
+        let (missing, outline, fast) = match self.groups.load_small(g, small) {
+            Some((missing, outline)) => (missing, outline, true),
+            None => match self.groups.load(g, buf) {
+                Ok(missing) => (missing, Outline::of(buf), false),
+                Err(e) => {
+                    out.error = CoreError::first(out.error.take(), Some(e));
+                    return;
+                }
+            },
+        };
+        out.stats.dropped_missing += missing;
+        // Most groups are decided by their outline, before their rows are ordered.
+        // Of the others, most are judged and listed on integer lanes.
+        let (verdict, group) = match outline.screen() {
+            Some(v) => (v, None),
+            None => {
+                let on_lanes = if fast { small.judge_listed(&outline, params, far, whole) } else { None };
+                match on_lanes {
+                    Some(v) => (v, None),
+                    None => {
+                        let group = if fast { small.scored_rows() } else { buf.as_slice() };
+                        (judge(group, &outline, params), Some(group))
+                    }
+                }
+            }
+        };
+        let st = &mut out.stats;
+        match verdict {
+            Verdict::Malformed => st.dropped_malformed += 1,
+            Verdict::Inconsistent => st.dropped_consistency += 1,
+            Verdict::DetZero => st.dropped_det_zero += 1,
+            Verdict::DetAboveRho => st.dropped_det_above_rho += 1,
+            // Listed already (judged on lanes), listed now, or counted.
+            Verdict::Kept => match group {
+                None => out.keep_listed(g, whole),
+                Some(group) => {
+                    if whole.list(group, far).is_some() {
+                        out.keep_listed(g, whole);
+                    } else {
+                        let (pairs, gap_sum) = count_pairs(group, params.delta);
+                        out.whole_gaps = None;
+                        out.keep(g, pairs, gap_sum, None);
+                    }
+                }
+            },
+        }
+    }
+}
+
+impl<G: Groups> Screen for PassOne<'_, G> {
+    #[inline(never)]
+    fn candidate(&mut self, g: Group) {
+        self.decide(g);
+    }
+
+    #[inline(always)]
+    fn listed(&mut self, g: Group, whole: &WholePairs) {
+        self.out.keep_listed(g, whole);
+    }
+}
+
+impl Block {
+    /// A kept group whose pairs `whole` lists: recorded.
+    #[inline(always)]
+    fn keep_listed(&mut self, g: Group, whole: &WholePairs) {
+        let (pairs, gap_sum) = whole.listed();
+        // (A whole number, below 2^53.)
+        self.whole_gaps = self.whole_gaps.and_then(|s| s.checked_add(gap_sum as u64));
+        let record = whole.record(&mut self.records);
+        self.keep(g, pairs, gap_sum, record);
+    }
+
+    #[inline(always)]
+    fn keep(&mut self, g: Group, pairs: u64, gap_sum: f64, record: Option<u32>) {
+        self.kept.push(Kept { group: g, gap_sum, record });
+        self.stats.groups_kept += 1;
+        self.stats.pairs += pairs;
+    }
 }
 
 /// The kept groups' gap sums added in ascending prompt id, left to right (as the Python

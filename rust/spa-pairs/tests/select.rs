@@ -3,18 +3,26 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use spa_pairs::{select_pairs, Columns, CoreError, Params, Selection, Stats};
+use spa_pairs::{select_pairs, select_pairs_portable, Columns, CoreError, Params, Selection, Stats};
 
 /// One row: (prompt_id, response_id, is_refined, score_a, score_b).
 type Row = (i64, i64, bool, f64, f64);
 
+/// select_pairs on `rows`, checked to give what the portable path gives (on CPUs with
+/// AVX-512, sorted rows take a vector path).
 fn run(rows: &[Row], params: &Params) -> Result<Selection, CoreError> {
     let pid: Vec<i64> = rows.iter().map(|r| r.0).collect();
     let rid: Vec<i64> = rows.iter().map(|r| r.1).collect();
     let refined: Vec<bool> = rows.iter().map(|r| r.2).collect();
     let a: Vec<f64> = rows.iter().map(|r| r.3).collect();
     let b: Vec<f64> = rows.iter().map(|r| r.4).collect();
-    select_pairs(&Columns::new(&pid, &rid, &refined, &a, &b)?, params)
+    let cols = Columns::new(&pid, &rid, &refined, &a, &b)?;
+    let got = select_pairs(&cols, params);
+    match (&got, select_pairs_portable(&cols, params)) {
+        (Ok(got), Ok(portable)) => assert_same(&portable, got),
+        (got, portable) => assert_eq!(got.as_ref().err(), portable.as_ref().err()),
+    }
+    got
 }
 
 /// DESIGN.md steps 4-6 with a BTreeMap, following the documented arithmetic.
@@ -300,6 +308,37 @@ fn a_few_fractional_groups_among_thousands() {
     assert!(want.stats.groups_kept > 1000);
     assert!(want.gap.iter().any(|g| g.fract() != 0.0));
     assert_same(&want, &run(&rows, &p).unwrap());
+}
+
+/// Sorted rows in groups of every size the vector path treats apart (1 to 9 rows; 63, 64,
+/// 65 and 130, past its 64-row window), across many blocks, ending in a short group.
+#[test]
+fn sorted_groups_of_every_size() {
+    let mut next = numbers(0x5851_f42d_4c95_7f2d);
+    let sizes = [1, 2, 3, 6, 7, 8, 9, 63, 64, 65, 130];
+    let mut rows = Vec::new();
+    let mut pid = 0;
+    while rows.len() < 70_000 {
+        let size = if next(4) == 0 { sizes[next(sizes.len() as u64) as usize] } else { 6 };
+        for rid in 0..size {
+            let refined = rid == size - 1;
+            let lift = if refined { 12.0 } else { 0.0 };
+            let score = |next: &mut dyn FnMut(u64) -> u64| match next(25) {
+                0 => f64::NAN,
+                1 => 0.5 + next(9) as f64,
+                _ => (1 + next(9)) as f64,
+            };
+            let (a, b) = (score(&mut next) + lift, score(&mut next) + lift);
+            rows.push((pid, rid as i64, refined, a, b));
+        }
+        pid += 1 + next(3) as i64;
+    }
+    rows.push((pid, 0, false, 1.0, 1.0));
+    for p in [Params::new(20.0, 1.0, 1.0).unwrap(), Params::new(1e9, 0.0, 2.0).unwrap()] {
+        let want = naive(&rows, &p);
+        assert!(want.stats.pairs > 10_000);
+        assert_same(&want, &run(&rows, &p).unwrap());
+    }
 }
 
 #[test]

@@ -17,15 +17,40 @@ mod in_place;
 mod packed;
 mod regroup;
 mod runs;
+#[cfg(target_arch = "x86_64")]
+mod screen;
 mod sorted;
 
-use crate::group::{self, Outline, Response, Row, Small};
-use crate::{Columns, CoreError, ResponseId, Score};
+use crate::group::{self, Outline, Response, Row, Small, WholePairs};
+use crate::{Columns, CoreError, Params, ResponseId, Score};
 use in_place::{InPlace, RowIndex};
 use packed::{pack, Narrow, Packed, Wide};
 use regroup::{comparison_sort, permutation, Histogram};
 use runs::{ordered_runs, scan_runs};
 pub(crate) use sorted::SortedRows;
+
+/// Counts of the groups a screen ([`Groups::screen_block`]) decided itself.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Screened {
+    /// Groups seen, those handed on included.
+    pub(crate) groups: u64,
+    /// Rows with a missing score, of the groups decided by the screen (kept ones included).
+    pub(crate) missing: u64,
+    pub(crate) malformed: u64,
+    pub(crate) inconsistent: u64,
+    pub(crate) det_zero: u64,
+    pub(crate) det_above_rho: u64,
+}
+
+/// Where a screen ([`Groups::screen_block`]) hands the groups it does not drop itself.
+/// (Only x86-64 has a screen.)
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+pub(crate) trait Screen {
+    /// A group for the general path.
+    fn candidate(&mut self, g: Group);
+    /// A group the screen judged kept, its pairs listed in `whole`.
+    fn listed(&mut self, g: Group, whole: &WholePairs);
+}
 
 /// The layout a grouping assumed does not hold (rows not sorted after all).
 #[derive(Debug)]
@@ -53,6 +78,20 @@ pub(crate) trait Groups: Sync {
     fn visit_block(&self, b: usize, f: impl FnMut(Group)) -> Result<(), NotGrouped>;
     /// Row `i` of a visited group (`i < rows`), in the group's stored order.
     fn row(&self, handle: usize, i: usize) -> Row;
+    /// Pass 1 over block `b` by a screen, where the grouping and the CPU have one (None:
+    /// use `visit_block`). The groups it drops are only counted into `screened`; the kept
+    /// ones it lists, and every other group, go to `sink`, in order, as `visit_block`
+    /// would give them.
+    fn screen_block(
+        &self,
+        _b: usize,
+        _params: &Params,
+        _screened: &mut Screened,
+        _sink: &mut impl Screen,
+    ) -> Option<Result<(), NotGrouped>> {
+        None
+    }
+
     /// Hint that a group of `rows` rows will be read soon (where groups are not read in
     /// memory order): the cache lines of its first and its last row.
     fn prefetch(&self, handle: usize, rows: usize);
@@ -159,7 +198,7 @@ mod tests {
     fn grouping_of(pid: &[i64], rid: &[i64], a: &[f64]) -> (&'static str, Vec<(i64, Vec<i64>)>) {
         let refined = vec![false; pid.len()];
         let cols = Columns::new(pid, rid, &refined, a, a).unwrap();
-        let sorted = SortedRows::new(&cols);
+        let sorted = SortedRows::new(&cols, false);
         if (0..sorted.blocks()).all(|b| sorted.visit_block(b, |_| ()).is_ok()) {
             return ("sorted", listing(&sorted));
         }

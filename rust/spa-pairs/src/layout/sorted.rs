@@ -3,8 +3,16 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::in_place::prefetch_rows;
+#[cfg(target_arch = "x86_64")]
+use super::screen;
 use super::{Group, Groups, NotGrouped};
+#[cfg(target_arch = "x86_64")]
+use super::{Screen, Screened};
+#[cfg(target_arch = "x86_64")]
+use crate::group::WholePairs;
 use crate::group::{self, Outline, Row, Small, SMALL};
+#[cfg(target_arch = "x86_64")]
+use crate::Params;
 use crate::{Columns, ResponseId, Score};
 
 /// Rows sorted by prompt id, read in place; a group is named by its first row.
@@ -12,14 +20,37 @@ pub(crate) struct SortedRows<'c, 'a, R, S> {
     cols: &'c Columns<'a, R, S>,
     /// Set by the first block that finds a descending prompt id, to stop the others.
     unsorted: AtomicBool,
+    /// Whether pass 1 screens with AVX-512 (see `screen`).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    vector: bool,
 }
 
 impl<'c, 'a, R: ResponseId, S: Score> SortedRows<'c, 'a, R, S> {
     /// Rows per block.
     const ROWS: usize = 1 << 14;
 
-    pub(crate) fn new(cols: &'c Columns<'a, R, S>) -> Self {
-        Self { cols, unsorted: AtomicBool::new(false) }
+    /// `vector`: screen with AVX-512 where the CPU has it.
+    pub(crate) fn new(cols: &'c Columns<'a, R, S>, vector: bool) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        let vector = vector && screen::available();
+        #[cfg(not(target_arch = "x86_64"))]
+        let vector = {
+            let _ = vector;
+            false
+        };
+        Self { cols, unsorted: AtomicBool::new(false), vector }
+    }
+
+    /// The first row of block `b`'s first group (past the rest of a group that started in
+    /// an earlier block) and the end of its rows.
+    fn block_rows(&self, b: usize) -> (usize, usize) {
+        let pid = self.cols.prompt_id;
+        let hi = ((b + 1) * Self::ROWS).min(pid.len());
+        let mut start = b * Self::ROWS;
+        if start > 0 {
+            start += pid[start..hi].iter().take_while(|&&q| q == pid[b * Self::ROWS - 1]).count();
+        }
+        (start, hi)
     }
 }
 
@@ -31,12 +62,7 @@ impl<R: ResponseId, S: Score> Groups for SortedRows<'_, '_, R, S> {
     /// The groups that start in rows `b * ROWS..(b + 1) * ROWS`.
     fn visit_block(&self, b: usize, mut f: impl FnMut(Group)) -> Result<(), NotGrouped> {
         let pid = self.cols.prompt_id;
-        let hi = ((b + 1) * Self::ROWS).min(pid.len());
-        let mut start = b * Self::ROWS;
-        if start > 0 {
-            // Skip the rest of a group that started in an earlier block.
-            start += pid[start..hi].iter().take_while(|&&q| q == pid[b * Self::ROWS - 1]).count();
-        }
+        let (mut start, hi) = self.block_rows(b);
         while start < hi {
             if (start > 0 && pid[start] < pid[start - 1]) || self.unsorted.load(Ordering::Relaxed) {
                 self.unsorted.store(true, Ordering::Relaxed);
@@ -48,6 +74,29 @@ impl<R: ResponseId, S: Score> Groups for SortedRows<'_, '_, R, S> {
             start = end;
         }
         Ok(())
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn screen_block(
+        &self,
+        b: usize,
+        params: &Params,
+        screened: &mut Screened,
+        sink: &mut impl Screen,
+    ) -> Option<Result<(), NotGrouped>> {
+        if !self.vector {
+            return None;
+        }
+        let (start, hi) = self.block_rows(b);
+        let mut whole = WholePairs::new();
+        // SAFETY: `vector` is set only where `screen::available()`.
+        let visited = unsafe {
+            screen::screen(self.cols, start, hi, params, &self.unsorted, screened, &mut whole, sink)
+        };
+        if visited.is_err() {
+            self.unsorted.store(true, Ordering::Relaxed);
+        }
+        Some(visited)
     }
 
     #[inline]
