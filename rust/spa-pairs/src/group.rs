@@ -783,15 +783,15 @@ impl WholePairs {
         Some(self.listed())
     }
 
-    /// List the pairs of rows with ids `id` and sums `a + b` (whole numbers), chosen over
-    /// each other as `masks` says (see [`Self::list_masks`]), their gaps adding up to
-    /// `gap_sum`.
+    /// List the pairs of the first `masks.len()` (at most `N`) rows with ids `id` and sums
+    /// `a + b` (whole numbers), chosen over each other as `masks` says (see
+    /// [`Self::list_masks`]), their gaps adding up to `gap_sum`.
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     #[inline(always)]
-    pub(crate) fn set(&mut self, id: &[i64], sum: &[i64], masks: &[u16], gap_sum: i64) {
-        let n = masks.len();
-        self.id[..n].copy_from_slice(&id[..n]);
-        self.sum[..n].copy_from_slice(&sum[..n]);
+    pub(crate) fn set<const N: usize>(&mut self, id: &[i64; N], sum: &[i64; N], masks: &[u16], gap_sum: i64) {
+        // (All N: a fixed-size copy, no call; the rows past `masks.len()` are not read.)
+        self.id[..N].copy_from_slice(id);
+        self.sum[..N].copy_from_slice(sum);
         self.list_masks(masks);
         self.gap_sum = gap_sum;
     }
