@@ -10,8 +10,9 @@ integer scores 1..10 with ~3 % missing, rows shuffled (and a grouped variant), t
 * ``write``: writing as many bytes as the output's to newly allocated memory on all cores
   (the first-touch cost any call returning that output pays, large and variable on VMs).
 
-and prints seconds, rows/s, peak RSS growth (absolute and as a multiple of the input size,
-the output included) and the ratios. Not part of the test suite.
+and prints seconds (best of ``--repeat``; ``read`` and ``rust`` measured in turns, so that
+both see the same drift of a shared machine), rows/s, peak RSS growth (absolute and as a
+multiple of the input size, the output included) and the ratios. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -218,20 +219,31 @@ class Timing:
 
 
 def _measure(name: str, fn: Callable[[], Any], repeat: int) -> Timing:
-    best, peak, result = math.inf, None, None
+    return _measure_rounds({name: fn}, repeat)[name]
+
+
+def _measure_rounds(fns: dict[str, Callable[[], Any]], repeat: int) -> dict[str, Timing]:
+    """Best of `repeat` rounds, each round calling every function once, in turn.
+
+    Taking turns gives each the same share of the machine's good and bad moments (on a
+    shared VM, memory bandwidth drifts by a third within a minute), so ratios of the best
+    times compare like with like."""
+    timings = {name: Timing(name, math.inf, None) for name in fns}
     for _ in range(repeat):
-        result = None
-        gc.collect()
-        can_reset = _reset_peak_rss()
-        before = _rss_bytes("VmRSS")
-        t0 = time.perf_counter()
-        result = fn()
-        elapsed = time.perf_counter() - t0
-        if can_reset:
-            extra = _rss_bytes("VmHWM") - before
-            peak = extra if peak is None else max(peak, extra)
-        best = min(best, elapsed)
-    return Timing(name, best, peak, result)
+        for name, fn in fns.items():
+            t = timings[name]
+            t.result = None
+            gc.collect()
+            can_reset = _reset_peak_rss()
+            before = _rss_bytes("VmRSS")
+            t0 = time.perf_counter()
+            result = fn()
+            elapsed = time.perf_counter() - t0
+            if can_reset:
+                extra = _rss_bytes("VmHWM") - before
+                t.peak_extra = extra if t.peak_extra is None else max(t.peak_extra, extra)
+            t.seconds, t.result = min(t.seconds, elapsed), result
+    return timings
 
 
 def read_columns(columns: Columns, threads: int) -> float:
@@ -292,13 +304,13 @@ def run_one(n_prompts: int, grouped: bool, args: argparse.Namespace) -> None:
     params = {"rho": args.rho, "delta": args.delta, "alpha": args.alpha}
     threads = os.cpu_count() or 1
     print(f"\n== {n_prompts:,} prompts, {rows:,} rows, {layout}, input {in_bytes / 2**20:,.0f} MiB")
-    timings: list[Timing] = [_measure("read", lambda: read_columns(columns, threads), args.repeat)]
-    rust = None
+    # The read pass (the ratios' denominator) and Rust in turns.
+    rounds: dict[str, Callable[[], Any]] = {"read": lambda: read_columns(columns, threads)}
     if native_available():
-        rust = _measure(
-            "rust", lambda: select_pairs(*columns, **params, backend="rust"), args.repeat
-        )
-        timings.append(rust)
+        rounds["rust"] = lambda: select_pairs(*columns, **params, backend="rust")
+    measured = _measure_rounds(rounds, args.repeat)
+    timings: list[Timing] = list(measured.values())
+    rust = measured.get("rust")
     if rows <= args.numpy_max_rows:
         numpy_t = _measure("numpy", lambda: select_pairs_numpy(*columns, **params), 1)
         timings.append(numpy_t)
@@ -348,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rho", type=float, default=50.0)
     parser.add_argument("--delta", type=float, default=2.0)
     parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--repeat", type=int, default=3, help="best of R runs (rust, read)")
+    parser.add_argument("--repeat", type=int, default=3, help="best of R runs (rust and read in turns, write)")
     parser.add_argument("--numpy-max-rows", type=int, default=12_000_000)
     parser.add_argument("--python-max-rows", type=int, default=600_000)
     parser.add_argument("--float32", action="store_true", help="float32 scores (else float64)")

@@ -42,6 +42,18 @@ pub(crate) struct Screened {
     pub(crate) det_above_rho: u64,
 }
 
+impl Screened {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn add(&mut self, o: &Self) {
+        self.groups += o.groups;
+        self.missing += o.missing;
+        self.malformed += o.malformed;
+        self.inconsistent += o.inconsistent;
+        self.det_zero += o.det_zero;
+        self.det_above_rho += o.det_above_rho;
+    }
+}
+
 /// Where a screen ([`Groups::screen_block`]) hands the groups it does not drop itself.
 /// (Only x86-64 has a screen.)
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]

@@ -7,7 +7,7 @@
 //! most [`LANE_SCORE`] (the usual case), is judged and listed on the same vectors:
 //! every sum and gap is then a whole number below 2^53, exact in f64 in any order, so
 //! the samples' sums equal the reference's left-to-right sums and the determinant is the
-//! reference's expression of them ([`det_verdict`]). Every other group (8 rows or more,
+//! reference's expression of them ([`det_verdict`]). Every other group (more than 8 rows,
 //! ids out of order, an infinite score, other scores) goes to the general path, in order.
 //! The results are the general path's, bit for bit; the tests run both.
 
@@ -52,8 +52,8 @@ pub(crate) unsafe fn screen<R: ResponseId, S: Score>(
     sink: &mut impl Screen,
 ) -> Result<(), NotGrouped> {
     let pid = cols.prompt_id;
-    // (Counted in registers, stored once.)
-    let mut counts = [0u64; 6];
+    // (Counted here, stored once.)
+    let mut counts = Screened::default();
     // Rows `window..window + 64`; bit j of `starts`: row `window + j` starts a group (rows
     // past the end do too). The lowest bit set is the next group's first row.
     let mut window = start;
@@ -77,7 +77,7 @@ pub(crate) unsafe fn screen<R: ResponseId, S: Score>(
             if later == 0 {
                 // 64 rows or more: the general path.
                 let end = at + pid[at..].iter().take_while(|&&q| q == pid[at]).count();
-                counts[0] += 1;
+                counts.groups += 1;
                 sink.candidate(Group { handle: at, rows: end - at, prompt_id: pid[at] });
                 window = end;
                 // SAFETY: as above.
@@ -87,27 +87,27 @@ pub(crate) unsafe fn screen<R: ResponseId, S: Score>(
         }
         starts = later;
         let g = Group { handle: at, rows: window + later.trailing_zeros() as usize - at, prompt_id: pid[at] };
-        counts[0] += 1;
+        counts.groups += 1;
         // SAFETY: the group's rows lie in the columns; AVX-512 (caller).
         match unsafe { judge(cols, g, params, whole) } {
             Judged::Decided { verdict, missing } => {
-                counts[1] += missing;
-                counts[2 + verdict as usize] += 1;
+                counts.missing += missing;
+                match verdict {
+                    Verdict::Malformed => counts.malformed += 1,
+                    Verdict::Inconsistent => counts.inconsistent += 1,
+                    Verdict::DetZero => counts.det_zero += 1,
+                    Verdict::DetAboveRho => counts.det_above_rho += 1,
+                    Verdict::Kept => unreachable!("a kept group is listed"),
+                }
             }
             Judged::Listed { missing } => {
-                counts[1] += missing;
+                counts.missing += missing;
                 sink.listed(g, whole);
             }
             Judged::Elsewhere => sink.candidate(g),
         }
     }
-    let [groups, missing, malformed, inconsistent, det_zero, det_above_rho] = counts;
-    screened.groups += groups;
-    screened.missing += missing;
-    screened.malformed += malformed;
-    screened.inconsistent += inconsistent;
-    screened.det_zero += det_zero;
-    screened.det_above_rho += det_above_rho;
+    screened.add(&counts);
     Ok(())
 }
 
