@@ -131,6 +131,19 @@ pub(crate) struct Small {
     lowest: i64,
     taken: u64,
     sorted: [MaybeUninit<Response>; SMALL],
+    /// Rows out of order, put in ascending id for the lanes (see `judge_listed`).
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    ordered: Ordered,
+}
+
+/// Up to 8 rows in ascending id, column by column.
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+struct Ordered {
+    id: [i64; 8],
+    a: [f64; 8],
+    b: [f64; 8],
+    refined: [bool; 8],
+    unscored: u32,
 }
 
 impl Small {
@@ -146,6 +159,8 @@ impl Small {
             lowest: 0,
             taken: 0,
             sorted: [const { MaybeUninit::uninit() }; SMALL],
+            #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+            ordered: Ordered { id: [0; 8], a: [0.0; 8], b: [0.0; 8], refined: [false; 8], unscored: 0 },
         }
     }
 
@@ -252,50 +267,101 @@ pub(crate) const LANE_SCORE: f64 = 4096.0;
 
 impl Small {
     /// [`judge`] and, for a kept group, [`WholePairs::list`] into `whole` (with
-    /// [`WholePairs::listed`] its pairs), for a group of at most 8 rows in ascending
-    /// response id whose scored rows' scores are whole numbers of magnitude at most
-    /// [`LANE_SCORE`]: the usual case. None for other groups.
+    /// [`WholePairs::listed`] its pairs), for a group of at most 8 rows whose scored rows'
+    /// scores are whole numbers of magnitude at most [`LANE_SCORE`]: the usual case. None
+    /// for other groups. (Rows out of order are put in ascending id first.)
     ///
     /// The same results, bit for bit, on 16-bit integer lanes: here every term and partial
     /// sum of the samples' sums (`Sa` .. `Sab`) is an integer below 2^28, exact in f64
     /// too, so the sums in any order equal the reference's f64 sums; the determinant is
-    /// then computed from them by the same f64 expression ([`det_verdict`]). The rows are listed as they arrived, unscored ones
-    /// included (they pair with nothing): in ascending id, so the pairs come in output
-    /// order. `outline` is the group's, and passed its screen.
+    /// then computed from them by the same f64 expression ([`det_verdict`]). The rows are
+    /// listed in ascending id, unscored ones included (they pair with nothing), so the
+    /// pairs come in output order. `outline` is the group's, and passed its screen.
     #[inline(always)]
     pub(crate) fn judge_listed(
-        &self,
+        &mut self,
         outline: &Outline,
         params: &Params,
         far: i64,
         whole: &mut WholePairs,
     ) -> Option<Verdict> {
-        if self.len > 8 || !self.ascending {
+        if self.len > 8 {
             return None;
         }
         #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-        // SAFETY: the build enables SSE2 (the cfg above), all that `judge_lanes` needs.
-        return unsafe { self.judge_lanes(outline.n_samples, params, far, whole) };
+        {
+            let lanes = if self.ascending {
+                Lanes {
+                    id: &self.id,
+                    a: &self.a,
+                    b: &self.b,
+                    refined: &self.refined,
+                    unscored: self.unscored,
+                }
+            } else {
+                // In ascending id: each row at the rank of its id's bit in `taken`.
+                let (mut by_slot, mut taken, mut rank) = ([0u8; 64], self.taken, 0);
+                for (i, &id) in self.id[..self.len].iter().enumerate() {
+                    by_slot[(id - self.lowest) as usize] = i as u8;
+                }
+                let order = &mut self.ordered;
+                order.unscored = 0;
+                while taken != 0 {
+                    let i = usize::from(by_slot[taken.trailing_zeros() as usize]);
+                    (order.id[rank], order.a[rank], order.b[rank]) = (self.id[i], self.a[i], self.b[i]);
+                    order.refined[rank] = self.refined[i];
+                    order.unscored |= (self.unscored >> i & 1) << rank;
+                    rank += 1;
+                    taken &= taken - 1;
+                }
+                let order = &self.ordered;
+                Lanes {
+                    id: &order.id,
+                    a: &order.a,
+                    b: &order.b,
+                    refined: &order.refined,
+                    unscored: order.unscored,
+                }
+            };
+            // SAFETY: the build enables SSE2 (the cfg above), all that `Lanes::judge` needs.
+            unsafe { lanes.judge(self.len, outline.n_samples, params, far, whole) }
+        }
         #[cfg(not(all(target_arch = "x86_64", target_feature = "sse2")))]
         {
             let _ = (outline, params, far, whole);
             None
         }
     }
+}
 
-    /// [`Self::judge_listed`]'s body (rows at most 8, ascending), with SSE2.
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+/// A small group's first `len` (at most 8) rows in ascending id, column by column, as
+/// [`Small::judge_listed`] reads them (`a` and `b` hold at least 8 values: rows past
+/// `len` are read, never used).
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+struct Lanes<'s> {
+    id: &'s [i64],
+    a: &'s [f64],
+    b: &'s [f64],
+    refined: &'s [bool],
+    /// Bit `i`: row `i` misses a score.
+    unscored: u32,
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+impl Lanes<'_> {
+    /// [`Small::judge_listed`]'s body, with SSE2.
     #[target_feature(enable = "sse2")]
     #[inline]
-    fn judge_lanes(
+    fn judge(
         &self,
+        len: usize,
         n_samples: usize,
         params: &Params,
         far: i64,
         whole: &mut WholePairs,
     ) -> Option<Verdict> {
         use std::arch::x86_64::*;
-        let len = self.len;
+        debug_assert!(len <= 8 && self.a.len() >= 8 && self.b.len() >= 8);
         let scored = !self.unscored & ((1u32 << len) - 1);
         let refined = self.refined[..len].iter().enumerate().fold(0u32, |m, (i, &r)| m | u32::from(r) << i);
         // The scores as i32, two rows at a time; a row is fine where both are whole and
@@ -1045,7 +1111,7 @@ mod tests {
             1e13,
             f64::NAN,
         ];
-        let (mut on_lanes, mut kept_on_lanes) = (0, 0);
+        let (mut on_lanes, mut kept_on_lanes, mut out_of_order) = (0, 0, 0);
         for _ in 0..20_000 {
             let len = 2 + next(7) as usize;
             let spread = [3, 8, 4096][next(3) as usize];
@@ -1062,6 +1128,13 @@ mod tests {
                     })
                     .collect()
             };
+            // Half the groups arrive out of order (the lanes then order them first).
+            let mut rows = rows;
+            if next(2) == 0 {
+                for i in (1..len).rev() {
+                    rows.swap(i, next(i as u64 + 1) as usize);
+                }
+            }
             let mut small = Small::new();
             let (_, outline) = load_small(len, rows.iter().copied(), &mut small).unwrap();
             if outline.screen().is_some() {
@@ -1072,7 +1145,12 @@ mod tests {
                     .unwrap();
             let far = whole_distance(p.delta);
             let mut lanes = WholePairs::new();
-            let Some(verdict) = small.judge_listed(&outline, &p, far, &mut lanes) else {
+            // The lanes take every group they are meant for.
+            let fits = |x: f64| x.is_nan() || (x.fract() == 0.0 && x.abs() <= LANE_SCORE);
+            let meant = rows.iter().all(|r| (r.1.is_nan() || r.2.is_nan()) || (fits(r.1) && fits(r.2)));
+            let on = small.judge_listed(&outline, &p, far, &mut lanes);
+            assert_eq!(on.is_some(), meant, "{rows:?}");
+            let Some(verdict) = on else {
                 continue;
             };
             on_lanes += 1;
@@ -1082,6 +1160,7 @@ mod tests {
                 continue;
             }
             kept_on_lanes += 1;
+            out_of_order += usize::from(rows.windows(2).any(|w| w[0].0 > w[1].0));
             let mut rows_way = WholePairs::new();
             let want = rows_way.list(group, far).expect("whole scores");
             assert_eq!((lanes.listed().0, lanes.listed().1.to_bits()), (want.0, want.1.to_bits()));
@@ -1092,6 +1171,7 @@ mod tests {
         }
         // Both ways were really compared, on many groups.
         assert!(on_lanes > 2000 && kept_on_lanes > 500, "{on_lanes} {kept_on_lanes}");
+        assert!(out_of_order > 250, "{out_of_order}");
     }
 
     #[test]
