@@ -80,8 +80,12 @@ def test_a_schedule_fires_runs_that_chain_their_models(
                                                if r["metadata"]["name"] != meta["name"]],
                       timeout=max(deadline - time.monotonic(), 1))
     assert second[0]["spec"]["model"] == {"name": model}
-    created = [e.message for e in kubelet.events("nightly") if e.reason == "Created"]
-    assert any(f"from {model}" in m for m in created), created
+    # (kopf posts events in the background: the run can be listed before its event.)
+    def chained_event() -> bool:
+        created = [e.message for e in kubelet.events("nightly") if e.reason == "Created"]
+        return any(f"from {model}" in m for m in created)
+
+    wait_for("the second run's Created event, naming the model it starts from", chained_event)
 
 
 def test_a_schedule_that_can_never_fire_says_why(
