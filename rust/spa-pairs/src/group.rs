@@ -136,6 +136,28 @@ pub(crate) struct Small {
     ordered: Ordered,
 }
 
+/// The arrived rows' indices in ascending id (see [`Small::out_of_order`]).
+struct InOrder {
+    /// The arrived row whose id is `lowest + slot`, by slot.
+    by_slot: [u8; 64],
+    /// The slots left.
+    taken: u64,
+}
+
+impl Iterator for InOrder {
+    type Item = usize;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<usize> {
+        if self.taken == 0 {
+            return None;
+        }
+        let i = usize::from(self.by_slot[self.taken.trailing_zeros() as usize]);
+        self.taken &= self.taken - 1;
+        Some(i)
+    }
+}
+
 /// Up to 8 rows in ascending id, column by column.
 #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
 struct Ordered {
@@ -171,6 +193,17 @@ impl Small {
         Response { id: self.id[i], a: self.a[i], b: self.b[i], refined: self.refined[i], missing }
     }
 
+    /// The rows that arrived out of order (not `ascending`), as indices into the arrived
+    /// rows, in ascending id: each row at its id's bit in `taken`.
+    #[inline(always)]
+    fn out_of_order(&self) -> InOrder {
+        let mut by_slot = [0u8; 64];
+        for (i, &id) in self.id[..self.len].iter().enumerate() {
+            by_slot[(id - self.lowest) as usize] = i as u8;
+        }
+        InOrder { by_slot, taken: self.taken }
+    }
+
     /// The scored rows, in ascending response id.
     #[inline(always)]
     pub(crate) fn scored_rows(&mut self) -> &[Response] {
@@ -183,16 +216,10 @@ impl Small {
                 scored += usize::from(!r.missing);
             }
         } else {
-            let mut by_slot = [0u8; 64];
-            for (i, &id) in self.id[..self.len].iter().enumerate() {
-                by_slot[(id - self.lowest) as usize] = i as u8;
-            }
-            let mut taken = self.taken;
-            while taken != 0 {
-                let r = self.arrived(usize::from(by_slot[taken.trailing_zeros() as usize]));
+            for i in self.out_of_order() {
+                let r = self.arrived(i);
                 self.sorted[scored].write(r);
                 scored += usize::from(!r.missing);
-                taken &= taken - 1;
             }
         }
         // SAFETY: slots 0..scored were written above.
@@ -299,20 +326,14 @@ impl Small {
                     unscored: self.unscored,
                 }
             } else {
-                // In ascending id: each row at the rank of its id's bit in `taken`.
-                let (mut by_slot, mut taken, mut rank) = ([0u8; 64], self.taken, 0);
-                for (i, &id) in self.id[..self.len].iter().enumerate() {
-                    by_slot[(id - self.lowest) as usize] = i as u8;
-                }
+                // In ascending id.
+                let in_order = self.out_of_order();
                 let order = &mut self.ordered;
                 order.unscored = 0;
-                while taken != 0 {
-                    let i = usize::from(by_slot[taken.trailing_zeros() as usize]);
+                for (rank, i) in in_order.enumerate() {
                     (order.id[rank], order.a[rank], order.b[rank]) = (self.id[i], self.a[i], self.b[i]);
                     order.refined[rank] = self.refined[i];
                     order.unscored |= (self.unscored >> i & 1) << rank;
-                    rank += 1;
-                    taken &= taken - 1;
                 }
                 let order = &self.ordered;
                 Lanes {
