@@ -11,9 +11,7 @@ use crate::group::{
     count_pairs, for_each_pair, judge, whole_distance, Outline, Recorded, Response, Small, Verdict,
     WholePairs,
 };
-use crate::layout::{
-    group, Group, Grouping, Groups, NotGrouped, Screen, Screened, SortedRows, PREFETCH_GROUPS,
-};
+use crate::layout::{group, Group, Grouping, Groups, NotGrouped, Screen, SortedRows, PREFETCH_GROUPS};
 use crate::memory;
 use crate::{Columns, CoreError, Params, ResponseId, Score};
 
@@ -49,7 +47,8 @@ impl Stats {
         ]
     }
 
-    fn merge(mut self, o: Self) -> Self {
+    /// These counts and `o`'s added (all but `rows_in`).
+    pub(crate) fn merge(mut self, o: Self) -> Self {
         self.dropped_missing += o.dropped_missing;
         self.dropped_malformed += o.dropped_malformed;
         self.dropped_consistency += o.dropped_consistency;
@@ -221,22 +220,14 @@ impl<'p, G: Groups> PassOne<'p, G> {
     ) -> Result<Block, NotGrouped> {
         let (small, whole, out) = (Small::new(), WholePairs::new(), Block::default());
         let mut pass = Self { groups, params, far, buf, small, whole, out };
-        let mut screened = Screened::default();
+        // (The groups a screen drops are counted apart, then added.)
+        let mut screened = Stats::default();
         let visited = match groups.screen_block(b, params, &mut screened, &mut pass) {
             Some(visited) => visited,
             None => groups.visit_block(b, |g| {
-                screened.groups += 1;
+                screened.groups_in += 1;
                 pass.decide(g);
             }),
-        };
-        let screened = Stats {
-            groups_in: screened.groups,
-            dropped_missing: screened.missing,
-            dropped_malformed: screened.malformed,
-            dropped_consistency: screened.inconsistent,
-            dropped_det_zero: screened.det_zero,
-            dropped_det_above_rho: screened.det_above_rho,
-            ..Stats::default()
         };
         pass.out.stats = pass.out.stats.merge(screened);
         visited.map(|()| pass.out)

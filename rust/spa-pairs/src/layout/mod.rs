@@ -22,37 +22,12 @@ mod screen;
 mod sorted;
 
 use crate::group::{self, Outline, Response, Row, Small, WholePairs};
-use crate::{Columns, CoreError, Params, ResponseId, Score};
+use crate::{Columns, CoreError, Params, ResponseId, Score, Stats};
 use in_place::{InPlace, RowIndex};
 use packed::{pack, Narrow, Packed, Wide};
 use regroup::{comparison_sort, permutation, Histogram};
 use runs::{ordered_runs, scan_runs};
 pub(crate) use sorted::SortedRows;
-
-/// Counts of the groups a screen ([`Groups::screen_block`]) decided itself.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Screened {
-    /// Groups seen, those handed on included.
-    pub(crate) groups: u64,
-    /// Rows with a missing score, of the groups decided by the screen (kept ones included).
-    pub(crate) missing: u64,
-    pub(crate) malformed: u64,
-    pub(crate) inconsistent: u64,
-    pub(crate) det_zero: u64,
-    pub(crate) det_above_rho: u64,
-}
-
-impl Screened {
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-    pub(crate) fn add(&mut self, o: &Self) {
-        self.groups += o.groups;
-        self.missing += o.missing;
-        self.malformed += o.malformed;
-        self.inconsistent += o.inconsistent;
-        self.det_zero += o.det_zero;
-        self.det_above_rho += o.det_above_rho;
-    }
-}
 
 /// Where a screen ([`Groups::screen_block`]) hands the groups it does not drop itself.
 /// (Only x86-64 has a screen.)
@@ -91,14 +66,15 @@ pub(crate) trait Groups: Sync {
     /// Row `i` of a visited group (`i < rows`), in the group's stored order.
     fn row(&self, handle: usize, i: usize) -> Row;
     /// Pass 1 over block `b` by a screen, where the grouping and the CPU have one (None:
-    /// use `visit_block`). The groups it drops are only counted into `screened`; the kept
-    /// ones it lists, and every other group, go to `sink`, in order, as `visit_block`
-    /// would give them.
+    /// use `visit_block`). Every group is counted into `screened.groups_in`; the groups
+    /// it drops are only counted into `screened` (with their rows missing a score, as the
+    /// rows of the kept ones it lists); those kept ones, and every other group, go to
+    /// `sink`, in order, as `visit_block` would give them.
     fn screen_block(
         &self,
         _b: usize,
         _params: &Params,
-        _screened: &mut Screened,
+        _screened: &mut Stats,
         _sink: &mut impl Screen,
     ) -> Option<Result<(), NotGrouped>> {
         None

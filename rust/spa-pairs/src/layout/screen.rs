@@ -14,9 +14,9 @@
 use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{Group, NotGrouped, Screen, Screened};
+use super::{Group, NotGrouped, Screen};
 use crate::group::{det_verdict, Verdict, WholePairs, LANE_SCORE};
-use crate::{Columns, Params, ResponseId, Score};
+use crate::{Columns, Params, ResponseId, Score, Stats};
 
 /// Whether this CPU runs [`screen`].
 pub(crate) fn available() -> bool {
@@ -47,13 +47,13 @@ pub(crate) unsafe fn screen<R: ResponseId, S: Score>(
     hi: usize,
     params: &Params,
     unsorted: &AtomicBool,
-    screened: &mut Screened,
+    screened: &mut Stats,
     whole: &mut WholePairs,
     sink: &mut impl Screen,
 ) -> Result<(), NotGrouped> {
     let pid = cols.prompt_id;
     // (Counted here, stored once.)
-    let mut counts = Screened::default();
+    let mut counts = Stats::default();
     // Rows `window..window + 64`; bit j of `starts`: row `window + j` starts a group (rows
     // past the end do too). The lowest bit set is the next group's first row.
     let mut window = start;
@@ -77,7 +77,7 @@ pub(crate) unsafe fn screen<R: ResponseId, S: Score>(
             if later == 0 {
                 // 64 rows or more: the general path.
                 let end = at + pid[at..].iter().take_while(|&&q| q == pid[at]).count();
-                counts.groups += 1;
+                counts.groups_in += 1;
                 sink.candidate(Group { handle: at, rows: end - at, prompt_id: pid[at] });
                 window = end;
                 // SAFETY: as above.
@@ -87,27 +87,27 @@ pub(crate) unsafe fn screen<R: ResponseId, S: Score>(
         }
         starts = later;
         let g = Group { handle: at, rows: window + later.trailing_zeros() as usize - at, prompt_id: pid[at] };
-        counts.groups += 1;
+        counts.groups_in += 1;
         // SAFETY: the group's rows lie in the columns; AVX-512 (caller).
         match unsafe { judge(cols, g, params, whole) } {
             Judged::Decided { verdict, missing } => {
-                counts.missing += missing;
+                counts.dropped_missing += missing;
                 match verdict {
-                    Verdict::Malformed => counts.malformed += 1,
-                    Verdict::Inconsistent => counts.inconsistent += 1,
-                    Verdict::DetZero => counts.det_zero += 1,
-                    Verdict::DetAboveRho => counts.det_above_rho += 1,
+                    Verdict::Malformed => counts.dropped_malformed += 1,
+                    Verdict::Inconsistent => counts.dropped_consistency += 1,
+                    Verdict::DetZero => counts.dropped_det_zero += 1,
+                    Verdict::DetAboveRho => counts.dropped_det_above_rho += 1,
                     Verdict::Kept => unreachable!("a kept group is listed"),
                 }
             }
             Judged::Listed { missing } => {
-                counts.missing += missing;
+                counts.dropped_missing += missing;
                 sink.listed(g, whole);
             }
             Judged::Elsewhere => sink.candidate(g),
         }
     }
-    screened.add(&counts);
+    *screened = screened.merge(counts);
     Ok(())
 }
 

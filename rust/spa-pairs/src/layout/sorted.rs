@@ -5,15 +5,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::in_place::prefetch_rows;
 #[cfg(target_arch = "x86_64")]
 use super::screen;
-use super::{Group, Groups, NotGrouped};
 #[cfg(target_arch = "x86_64")]
-use super::{Screen, Screened};
+use super::Screen;
+use super::{Group, Groups, NotGrouped};
 #[cfg(target_arch = "x86_64")]
 use crate::group::WholePairs;
 use crate::group::{self, Outline, Row, Small, SMALL};
-#[cfg(target_arch = "x86_64")]
-use crate::Params;
 use crate::{Columns, ResponseId, Score};
+#[cfg(target_arch = "x86_64")]
+use crate::{Params, Stats};
 
 /// Rows sorted by prompt id, read in place; a group is named by its first row.
 pub(crate) struct SortedRows<'c, 'a, R, S> {
@@ -81,7 +81,7 @@ impl<R: ResponseId, S: Score> Groups for SortedRows<'_, '_, R, S> {
         &self,
         b: usize,
         params: &Params,
-        screened: &mut Screened,
+        screened: &mut Stats,
         sink: &mut impl Screen,
     ) -> Option<Result<(), NotGrouped>> {
         if !self.vector {
