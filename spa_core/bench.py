@@ -326,8 +326,8 @@ def run_one(n_prompts: int, grouped: bool, args: argparse.Namespace) -> None:
     if rust is not None:
         sel: PairSelection = rust.result
         print(f"   stats: {sel.stats}")
-        print(f"   output {_output_bytes(sel) / 2**20:,.0f} MiB")
         out_bytes = _output_bytes(sel)
+        print(f"   output {out_bytes / 2**20:,.0f} MiB")
         timings.insert(
             1, _measure("write", lambda: write_fresh(out_bytes, threads), args.repeat)
         )
