@@ -5,18 +5,27 @@ SHELL := /bin/bash
 # Heavy, reusable build outputs live outside the repository so fresh clones reuse them.
 export SPA_CACHE ?= $(HOME)/.cache/spa
 export CARGO_TARGET_DIR ?= $(SPA_CACHE)/cargo-target
-UV ?= uv
+# The project's own uv, pinned and installed by scripts/setup.sh under the cache, so every
+# recipe finds it whatever the caller's PATH (`make UV=uv ...` uses one from PATH instead).
+export UV_VERSION ?= 0.13.9
+export UV ?= $(SPA_CACHE)/uv/$(UV_VERSION)/bin/uv
 RUN := $(UV) run --no-sync
 
-.PHONY: help setup run test lint test-fast test-rust test-operator kube-testenv crds bench bench-train images clean
+.PHONY: help setup setup-run tools run test lint test-fast test-rust test-operator kube-testenv crds bench bench-train images clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-setup: ## Install uv if needed, then every dependency, the embedded model and the native module
-	@bash scripts/setup.sh
+setup: ## Install uv, then every dependency (tests included), the embedded model and the native module
+	@bash scripts/setup.sh test
 
-run: setup ## Set up, then run the whole SPA loop on the embedded model (examples/local.yaml)
+setup-run: ## Install uv, then only what `spa run` needs (no test tools, no llama.cpp server)
+	@bash scripts/setup.sh run
+
+tools: ## Show the tools the recipes use, found as the recipes find them (fails if one is missing)
+	@bash scripts/setup.sh tools
+
+run: setup-run ## Set up, then run the whole SPA loop on the embedded model (examples/local.yaml)
 	$(RUN) spa run examples/local.yaml
 
 test: setup kube-testenv lint ## Set up, then run every test suite (Rust, Python, operator on a real API server)
@@ -44,10 +53,10 @@ crds: ## Regenerate operator/crds and the chart's crds/ from the pydantic specs
 	PYTHONPATH=operator $(RUN) python -m spa_operator.crd --write operator/crds
 	PYTHONPATH=operator $(RUN) python -m spa_operator.crd --write charts/spa-operator/crds
 
-bench: setup ## Pair-selection benchmark: Rust vs NumPy vs pure Python
+bench: setup-run ## Pair-selection benchmark: Rust vs NumPy vs pure Python
 	$(RUN) python -m spa_core.bench
 
-bench-train: setup ## Training throughput: the project's trainer vs TRL's CPOTrainer (GPU shapes on a GPU; ARGS=...)
+bench-train: setup-run ## Training throughput: the project's trainer vs TRL's CPOTrainer (GPU shapes on a GPU; ARGS=...)
 	$(RUN) python -m spa_core.training.throughput $(ARGS)
 
 images: ## Build the operator, worker and trainer images (needs docker buildx; see images/)
