@@ -9,6 +9,9 @@ export CARGO_TARGET_DIR ?= $(SPA_CACHE)/cargo-target
 # recipe finds it whatever the caller's PATH (`make UV=uv ...` uses one from PATH instead).
 export UV_VERSION ?= 0.13.9
 export UV ?= $(SPA_CACHE)/uv/$(UV_VERSION)/bin/uv
+# Trust the platform's certificate store, as pip, cargo, go and git do (a registry behind a
+# proxy with its own root works with no SSL_CERT_FILE in the environment).
+export UV_SYSTEM_CERTS ?= 1
 RUN := $(UV) run --no-sync
 
 .PHONY: help setup setup-run tools run test lint test-fast test-rust test-operator kube-testenv crds bench bench-train images clean

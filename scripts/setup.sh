@@ -17,6 +17,7 @@ SPA_CACHE="${SPA_CACHE:-$HOME/.cache/spa}"
 UV_VERSION="${UV_VERSION:-0.13.9}"
 UV="${UV:-$SPA_CACHE/uv/$UV_VERSION/bin/uv}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$SPA_CACHE/cargo-target}"
+export UV_SYSTEM_CERTS="${UV_SYSTEM_CERTS:-1}"
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
