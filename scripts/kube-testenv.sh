@@ -21,7 +21,7 @@
 #
 # Environment: SPA_CACHE, KUBE_VERSION, ETCD_VERSION, HELM_VERSION, PROMETHEUS_OPERATOR_VERSION
 # (pins below), KUBE_TESTENV_COMPONENTS (what `build` builds; default
-# "etcd kube-apiserver kubectl kube-controller-manager helm"; `start`
+# "etcd helm" and every Kubernetes command the one-node cluster runs; `start`
 # runs the controller manager, garbage collector only, when it is built), KUBE_TESTENV_DIR
 # (default DIR), KUBE_TESTENV_READY_TIMEOUT.
 set -euo pipefail
@@ -34,13 +34,13 @@ SPA_CACHE="${SPA_CACHE:-$HOME/.cache/spa}"
 ROOT="$SPA_CACHE/kube/v$KUBE_VERSION"
 BIN="$ROOT/bin"
 STAGING_VERSION="v0.${KUBE_VERSION#1.}"
-COMPONENTS="${KUBE_TESTENV_COMPONENTS:-etcd kube-apiserver kubectl kube-controller-manager helm}"
+COMPONENTS="${KUBE_TESTENV_COMPONENTS:-etcd helm kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl}"
 
 log() { printf 'kube-testenv: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
 
 # GOTOOLCHAIN=auto: an older local Go fetches the toolchain go.mod asks for from the module proxy.
-export CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-auto}" GOFLAGS="${GOFLAGS:--p=1}"
+export CGO_ENABLED=0 GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
 
 # --- build -----------------------------------------------------------------------------------
 
@@ -89,22 +89,40 @@ build_tool() {  # build_tool MODULE_DIR PACKAGE@VERSION OUTPUT [LDFLAGS]
     local dir="$1" pkg="$2" out="$3" ldflags="${4:-}" start=$SECONDS
     log "resolving $pkg in $dir"
     (cd "$dir" && go get -tool "$pkg")
-    log "building $(basename "$out") (GOFLAGS=$GOFLAGS; this takes a while)"
+    log "building $(basename "$out") (this takes a while)"
     (cd "$dir" && nice -n "${KUBE_TESTENV_NICE:-19}" go build -trimpath -ldflags "-s -w $ldflags" \
         -o "$out.tmp" "${pkg%@*}")
     mv "$out.tmp" "$out"
     log "built $out in $((SECONDS - start))s"
 }
 
+K8S_COMMANDS="kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl"
+
+build_kubernetes() {  # build_kubernetes COMMAND...: one `go build`, so common packages compile once
+    local dir="$ROOT/src/kubernetes" start=$SECONDS cmd pkgs=() ldflags
+    [[ -f "$dir/go.mod" ]] || write_apiserver_module "$dir"
+    ldflags="-X k8s.io/component-base/version.gitVersion=v$KUBE_VERSION"
+    ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
+    ldflags+=" -X k8s.io/component-base/version.gitMinor=$(cut -d. -f2 <<<"$KUBE_VERSION")"
+    ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
+    ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=v$KUBE_VERSION"
+    for cmd in "$@"; do
+        (cd "$dir" && go get -tool "k8s.io/kubernetes/cmd/$cmd@v$KUBE_VERSION")
+        pkgs+=("k8s.io/kubernetes/cmd/$cmd")
+    done
+    log "building $* (one go build; the longest step of a first set-up)"
+    rm -rf "$BIN/.k8s.tmp" && mkdir -p "$BIN/.k8s.tmp"
+    (cd "$dir" && nice -n "${KUBE_TESTENV_NICE:-19}" go build -trimpath -ldflags "-s -w $ldflags" \
+        -o "$BIN/.k8s.tmp/" "${pkgs[@]}")
+    for cmd in "$@"; do mv "$BIN/.k8s.tmp/$cmd" "$BIN/$cmd"; done
+    rmdir "$BIN/.k8s.tmp"
+    log "built $* in $((SECONDS - start))s"
+}
+
 cmd_build() {
     command -v go >/dev/null || die "go is not installed"
     mkdir -p "$BIN"
-    local k8s_ldflags component
-    k8s_ldflags="-X k8s.io/component-base/version.gitVersion=v$KUBE_VERSION"
-    k8s_ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
-    k8s_ldflags+=" -X k8s.io/component-base/version.gitMinor=$(cut -d. -f2 <<<"$KUBE_VERSION")"
-    k8s_ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
-    k8s_ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=v$KUBE_VERSION"
+    local component k8s=()
     for component in $COMPONENTS; do
         if [[ -x "$BIN/$component" ]]; then
             log "cached: $BIN/$component"
@@ -132,14 +150,13 @@ cmd_build() {
             build_tool "$ROOT/src/helm" "helm.sh/helm/v3/cmd/helm@v$HELM_VERSION" "$BIN/helm" \
                 "$helm_ldflags"
             ;;
-        kube-apiserver | kube-controller-manager | kubectl)
-            [[ -f "$ROOT/src/kubernetes/go.mod" ]] || write_apiserver_module "$ROOT/src/kubernetes"
-            build_tool "$ROOT/src/kubernetes" "k8s.io/kubernetes/cmd/$component@v$KUBE_VERSION" \
-                "$BIN/$component" "$k8s_ldflags"
+        *)
+            [[ " $K8S_COMMANDS " == *" $component "* ]] || die "unknown component $component"
+            k8s+=("$component")
             ;;
-        *) die "unknown component $component" ;;
         esac
     done
+    ((${#k8s[@]} == 0)) || build_kubernetes "${k8s[@]}"
 }
 
 # --- start / stop ----------------------------------------------------------------------------
