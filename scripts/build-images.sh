@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Build the project's images from images/Dockerfile with buildah, on a machine that reaches no
+# image registry (only the package registries): the Dockerfile's base images are made here and
+# passed in through its build arguments.
+#
+#   scripts/build-images.sh [TARGET...]   operator, trainer (default: operator), or debian
+#                                         (the base alone); prints one image name per target
+#
+# What replaces the registry's images:
+#   PYTHON_IMAGE  localhost/spa-debian:<hash>  Debian bookworm (debootstrap) with python3 and
+#                                              this machine's CA bundle (the package registries
+#                                              sit behind a proxy with its own root)
+#   UV_IMAGE      localhost/spa-uv:<version>   uv from PyPI (the version the Makefile pins)
+#   WHEELS_IMAGE  localhost/spa-wheels:<hash>  spa_core (with the Rust core) and spa_operator,
+#                                              built on this machine: no rustup inside a build
+#
+# Every image is tagged with a hash of its inputs, so an unchanged tree builds nothing. Needs
+# root and buildah (scripts/kube-cluster.sh install). Environment: SPA_CACHE, UV, UV_VERSION.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SPA_CACHE="${SPA_CACHE:-$HOME/.cache/spa}"
+UV_VERSION="${UV_VERSION:-0.13.9}"
+UV="${UV:-$SPA_CACHE/uv/$UV_VERSION/bin/uv}"
+DEBIAN_SUITE=bookworm
+DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+DEBIAN_PACKAGES=python3,ca-certificates,libnuma1
+CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+
+log() { printf 'build-images: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+have_image() { buildah inspect --type image "$1" >/dev/null 2>&1; }
+short_hash() { sha256sum | cut -c1-12; }
+
+debian_image() {
+    local key image rootfs ctr mnt
+    key="$(printf '%s\n' "$DEBIAN_SUITE" "$DEBIAN_PACKAGES" "$(sha256sum <"$CA_BUNDLE")" | short_hash)"
+    image="localhost/spa-debian:$DEBIAN_SUITE-$key"
+    if ! have_image "$image"; then
+        rootfs="$(mktemp -d "${TMPDIR:-/tmp}/spa-rootfs.XXXXXX")"
+        log "debootstrap $DEBIAN_SUITE ($DEBIAN_PACKAGES) for $image"
+        debootstrap --variant=minbase --include="$DEBIAN_PACKAGES" "$DEBIAN_SUITE" "$rootfs" \
+            "$DEBIAN_MIRROR" >"$rootfs.log" 2>&1 || { tail -n 20 "$rootfs.log" >&2; die "debootstrap failed"; }
+        cp "$CA_BUNDLE" "$rootfs/etc/ssl/certs/ca-certificates.crt"
+        # The image's own Python is the one the Dockerfile installs into (as python:*-slim's).
+        rm -f "$rootfs"/usr/lib/python3*/EXTERNALLY-MANAGED
+        rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+        ctr="$(buildah from scratch)"
+        mnt="$(buildah mount "$ctr")"
+        cp -a "$rootfs/." "$mnt/"
+        buildah umount "$ctr" >/dev/null
+        buildah config --env LANG=C.UTF-8 --env "SSL_CERT_FILE=$CA_BUNDLE" --cmd '["bash"]' "$ctr"
+        buildah commit -q "$ctr" "$image" >/dev/null
+        buildah rm "$ctr" >/dev/null
+        rm -rf "$rootfs" "$rootfs.log"
+    fi
+    echo "$image"
+}
+
+uv_image() {
+    local image="localhost/spa-uv:$UV_VERSION" ctr
+    if ! have_image "$image"; then
+        [[ -x "$UV" ]] || die "$UV missing: run 'make setup' first"
+        ctr="$(buildah from scratch)"
+        buildah copy "$ctr" "$UV" /uv >/dev/null
+        buildah config --entrypoint '["/uv"]' "$ctr"
+        buildah commit -q "$ctr" "$image" >/dev/null
+        buildah rm "$ctr" >/dev/null
+    fi
+    echo "$image"
+}
+
+sources_hash() {  # what the wheels are built from (tracked and untracked, not ignored)
+    git ls-files -coz --exclude-standard -- pyproject.toml uv.lock README.md rust spa_core operator |
+        sort -z | xargs -0 sha256sum | short_hash
+}
+
+wheels_image() {
+    local image out ctr
+    image="localhost/spa-wheels:$(sources_hash)"
+    if ! have_image "$image"; then
+        log "building the wheels (maturin) for $image"
+        out="$(mktemp -d "${TMPDIR:-/tmp}/spa-wheels.XXXXXX")"
+        # As the Dockerfile's wheels-build stage does, with this machine's Rust.
+        "$UV" build --quiet --wheel --out-dir "$out" .
+        "$UV" build --quiet --wheel --out-dir "$out" operator
+        "$UV" export --quiet --frozen --no-dev --no-emit-project --no-hashes -o "$out/requirements-core.txt"
+        "$UV" export --quiet --frozen --no-dev --no-emit-project --no-hashes --extra train \
+            --extra report -o "$out/requirements-train.txt"
+        ctr="$(buildah from scratch)"
+        buildah copy "$ctr" "$out" /wheels >/dev/null
+        buildah commit -q "$ctr" "$image" >/dev/null
+        buildah rm "$ctr" >/dev/null
+        rm -rf "$out"
+    fi
+    echo "$image"
+}
+
+build_target() {  # build_target TARGET BUILD_ARG...: images/Dockerfile's TARGET
+    local target="$1" key image start=$SECONDS
+    shift
+    key="$(printf '%s\n' "$(sha256sum <images/Dockerfile)" "$@" | short_hash)"
+    image="localhost/spa-$target:$key"
+    if ! have_image "$image"; then
+        log "building $image (images/Dockerfile, target $target)"
+        local args=() a
+        for a in "$@"; do args+=(--build-arg "$a"); done
+        buildah bud --quiet --network host -f images/Dockerfile --target "$target" \
+            "${args[@]}" -t "$image" . >/dev/null
+        log "built $image in $((SECONDS - start))s"
+    fi
+    echo "$image"
+}
+
+main() {
+    ((EUID == 0)) || die "buildah needs root here"
+    command -v buildah >/dev/null || die "buildah missing: run scripts/kube-cluster.sh install"
+    local targets=("$@") python uv wheels target
+    ((${#targets[@]})) || targets=(operator)
+    python="$(debian_image)"
+    uv="$(uv_image)"
+    wheels="$(wheels_image)"
+    for target in "${targets[@]}"; do
+        case "$target" in
+        debian) echo "$python" ;;
+        operator | trainer)
+            build_target "$target" "PYTHON_IMAGE=$python" "UV_IMAGE=$uv" "WHEELS_IMAGE=$wheels" ;;
+        *) die "unknown target $target (debian, operator, trainer)" ;;
+        esac
+    done
+}
+
+main "$@"
