@@ -8,12 +8,13 @@ containers' termination messages, and completes or fails Jobs.
 from __future__ import annotations
 
 import gc
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
+
+from waiting import wait_for
 
 GROUP, VERSION = "alignment.spa.dev", "v1alpha1"
 RUNS, SCHEDULES = "spaalignmentruns", "spaalignmentschedules"
@@ -22,17 +23,6 @@ TIMEOUT = 60.0
 
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def wait_for(what: str, probe: Any, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.3)
 
 
 class Kubelet:
