@@ -14,7 +14,7 @@ export UV ?= $(SPA_CACHE)/uv/$(UV_VERSION)/bin/uv
 export UV_SYSTEM_CERTS ?= 1
 RUN := $(UV) run --no-sync
 
-.PHONY: help setup setup-run tools run test lint test-fast test-rust test-operator kube-testenv crds bench bench-train images clean
+.PHONY: help setup setup-run tools run test lint test-fast test-rust test-operator test-cluster kube-testenv cluster-env crds bench bench-train images clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,9 +31,12 @@ tools: ## Show the tools the recipes use, found as the recipes find them (fails 
 run: setup-run ## Set up, then run the whole SPA loop on the embedded model (examples/local.yaml)
 	$(RUN) spa run examples/local.yaml
 
-test: setup kube-testenv lint ## Set up, then run every test suite (Rust, Python, operator on a real API server)
-	cd rust && cargo test --workspace --exclude spa-py --quiet
-	SPA_REQUIRE_KUBE=1 $(RUN) pytest
+test: ## Set up, then run every test suite (Rust, Python, operator, the one-node cluster; root)
+	@scripts/phase.sh setup $(MAKE) --no-print-directory setup
+	@scripts/phase.sh cluster-env $(MAKE) --no-print-directory cluster-env
+	@scripts/phase.sh lint $(MAKE) --no-print-directory lint
+	@scripts/phase.sh rust-tests bash -c 'cd rust && cargo test --workspace --exclude spa-py --quiet'
+	@scripts/phase.sh python-tests env SPA_REQUIRE_KUBE=1 SPA_REQUIRE_CLUSTER=1 $(RUN) pytest
 
 lint: ## Rust format and clippy; the native module's stub against the module; the Dockerfile
 	cd rust && cargo fmt --all --check && cargo clippy --workspace --all-targets --quiet -- -D warnings
@@ -41,7 +44,7 @@ lint: ## Rust format and clippy; the native module's stub against the module; th
 	$(RUN) hadolint images/Dockerfile
 
 test-fast: ## Python tests without the slow end-to-end and server tests
-	$(RUN) pytest -m "not slow and not server"
+	$(RUN) pytest -m "not slow and not server and not cluster"
 
 test-rust: ## Rust unit and property tests of the pure crate
 	cd rust && cargo test --workspace --exclude spa-py
@@ -49,8 +52,15 @@ test-rust: ## Rust unit and property tests of the pure crate
 test-operator: kube-testenv ## Operator tests against a real kube-apiserver + etcd
 	SPA_REQUIRE_KUBE=1 $(RUN) pytest tests/operator
 
+test-cluster: setup cluster-env ## The one-node cluster's tests alone (root)
+	SPA_REQUIRE_CLUSTER=1 $(RUN) pytest tests/cluster
+
 kube-testenv: ## Build and cache etcd + kube-apiserver for the operator tests (slow once)
 	scripts/kube-testenv.sh build
+
+cluster-env: ## Install the cluster's Debian packages (root), build and cache its binaries (slow once)
+	scripts/kube-cluster.sh install
+	scripts/kube-cluster.sh build
 
 crds: ## Regenerate operator/crds and the chart's crds/ from the pydantic specs
 	PYTHONPATH=operator $(RUN) python -m spa_operator.crd --write operator/crds

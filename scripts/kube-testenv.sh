@@ -165,15 +165,17 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-gen_certs() {  # gen_certs DIR
-    local d="$1"
+gen_certs() {  # gen_certs DIR [EXTRA_SAN...]: CA, apiserver serving cert, admin client cert, SA keys
+    local d="$1" sans="IP:127.0.0.1,IP:10.0.0.1,DNS:localhost" san
+    shift
+    for san in "$@"; do sans+=",$san"; done
     mkdir -p "$d"
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=spa-testenv-ca" \
         -keyout "$d/ca.key" -out "$d/ca.crt" 2>/dev/null
     # Serving certificate for 127.0.0.1 / localhost and the in-cluster names.
     openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
         -keyout "$d/apiserver.key" -out "$d/apiserver.csr" 2>/dev/null
-    printf 'subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' >"$d/apiserver.ext"
+    printf 'subjectAltName=%s,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local\nextendedKeyUsage=serverAuth\n' "$sans" >"$d/apiserver.ext"
     openssl x509 -req -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
         -days 3650 -extfile "$d/apiserver.ext" -out "$d/apiserver.crt" 2>/dev/null
     # Client certificate: an administrator (system:masters bypasses RBAC).
@@ -187,15 +189,15 @@ gen_certs() {  # gen_certs DIR
     openssl rsa -in "$d/sa.key" -pubout -out "$d/sa.pub" 2>/dev/null
 }
 
-write_kubeconfig() {  # write_kubeconfig DIR PORT
-    local d="$1" port="$2"
+write_kubeconfig() {  # write_kubeconfig DIR PORT [HOST]
+    local d="$1" port="$2" host="${3:-127.0.0.1}"
     cat >"$d/kubeconfig" <<EOF
 apiVersion: v1
 kind: Config
 clusters:
 - name: spa-testenv
   cluster:
-    server: https://127.0.0.1:$port
+    server: https://$host:$port
     certificate-authority: $d/pki/ca.crt
 users:
 - name: spa-testenv-admin
@@ -209,12 +211,12 @@ current-context: spa-testenv
 EOF
 }
 
-wait_ready() {  # wait_ready DIR PORT PID
-    local d="$1" port="$2" pid="$3" deadline=$((SECONDS + ${KUBE_TESTENV_READY_TIMEOUT:-120}))
+wait_ready() {  # wait_ready DIR PORT PID [HOST]
+    local d="$1" port="$2" pid="$3" host="${4:-127.0.0.1}" deadline=$((SECONDS + ${KUBE_TESTENV_READY_TIMEOUT:-120}))
     while ((SECONDS < deadline)); do
         kill -0 "$pid" 2>/dev/null || { tail -n 30 "$d/kube-apiserver.log" >&2; die "kube-apiserver exited"; }
         if curl -sf --cacert "$d/pki/ca.crt" --cert "$d/pki/admin.crt" --key "$d/pki/admin.key" \
-            "https://127.0.0.1:$port/readyz" >/dev/null 2>&1; then
+            "https://$host:$port/readyz" >/dev/null 2>&1; then
             return 0
         fi
         sleep 0.5
@@ -309,6 +311,9 @@ cmd_servicemonitor_crd() {
     [[ -d "$dir" ]] || die "cannot download $module"
     echo "$dir/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml"
 }
+
+# Sourced (by scripts/kube-cluster.sh): functions only.
+[[ "${BASH_SOURCE[0]}" == "$0" ]] || return 0
 
 case "${1:-}" in
 build) cmd_build ;;

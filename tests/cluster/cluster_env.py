@@ -1,0 +1,79 @@
+"""Helpers for the cluster tests: kubectl and helm against the one-node cluster."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Cluster:
+    kubeconfig: Path
+    bin_dir: Path
+    state_dir: Path
+    #: Debian with python3 (the project images' base): for pods that only need a shell.
+    base_image: str
+    operator_image: str
+
+    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True,
+                timeout: float = 120) -> str:
+        out = subprocess.run([str(self.bin_dir / "kubectl"), "--kubeconfig",
+                              str(self.kubeconfig), *args], input=stdin, capture_output=True,
+                             text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
+        return out.stdout
+
+    def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
+        out = subprocess.run([str(self.bin_dir / "kubectl"), "--kubeconfig",
+                              str(self.kubeconfig), "-n", namespace, "get", kind, name,
+                              "-o", "json"], capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            if "NotFound" in out.stderr:
+                return None
+            raise AssertionError(out.stderr)
+        return json.loads(out.stdout)
+
+    def apply(self, manifest: str, namespace: str) -> None:
+        self.kubectl("-n", namespace, "apply", "-f", "-", stdin=manifest)
+
+    def helm(self, *args: str, timeout: float = 300) -> str:
+        out = subprocess.run([str(self.bin_dir / "helm"), "--kubeconfig", str(self.kubeconfig),
+                              *args], capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)}: {out.stderr.strip()}")
+        return out.stdout
+
+    def describe(self, namespace: str) -> str:
+        """What a person would look at when a wait times out: pods, events."""
+        return (self.kubectl("-n", namespace, "get", "pods,jobs,deploy,svc", "-o", "wide",
+                             check=False)
+                + self.kubectl("-n", namespace, "get", "events", "--sort-by=.lastTimestamp",
+                               check=False)[-6000:])
+
+
+def job_finished(cluster: Cluster, name: str, namespace: str) -> str | None:
+    """'Complete' or 'Failed' once the Job controller says so."""
+    job = cluster.get("job", name, namespace)
+    for cond in (job or {}).get("status", {}).get("conditions", []):
+        if cond["type"] in ("Complete", "Failed") and cond["status"] == "True":
+            return str(cond["type"])
+    return None
+
+
+def termination_messages(cluster: Cluster, namespace: str, selector: str) -> dict[str, str]:
+    """{pod name: its container's termination message}, written by the real kubelet."""
+    pods = json.loads(cluster.kubectl("-n", namespace, "get", "pods", "-l", selector,
+                                      "-o", "json"))["items"]
+    out = {}
+    for pod in pods:
+        for status in pod["status"].get("containerStatuses", []):
+            terminated = status.get("state", {}).get("terminated")
+            if terminated:
+                out[pod["metadata"]["name"]] = terminated.get("message", "")
+    return out
