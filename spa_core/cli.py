@@ -251,6 +251,29 @@ def summary(spec: SpecArg, run_dir: RunDirOpt = None) -> None:
     Console().print(summary_table(_root(run_doc, run_dir), run_doc.spec.iterations.count))
 
 
+@app.command("export-model")
+def export_model_command(
+    model: Annotated[str, typer.Argument(
+        help="Hugging Face id, local directory, or embedded:smollm2-135m-instruct.",
+        show_default=False)],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write.", show_default=False)],
+    gguf_file: Annotated[str | None, typer.Option(
+        "--gguf-file", help="GGUF file inside MODEL (a directory).")] = None,
+    dtype: Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16.")] = "auto",
+) -> None:
+    """Write MODEL as a Hugging Face folder (safetensors, config, tokenizer) that vLLM can
+    serve; a GGUF model, the embedded one included, is dequantised."""
+    from spa_core.models import export_model
+    from spa_core.spec import ModelSpec
+
+    try:
+        spec = ModelSpec.model_validate({"name": model, "ggufFile": gguf_file, "dtype": dtype})
+        written = export_model(spec, out_dir)
+    except (*_user_errors(), ValueError) as exc:
+        _fail(exc)
+    console.print(f"exported {model} to {written}", highlight=False)
+
+
 @app.command()
 def validate(spec: SpecArg) -> None:
     """Validate a spec and print it with every default filled in, as JSON."""

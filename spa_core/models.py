@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -200,3 +201,27 @@ def load_causal_lm(
         dtype=resolve_dtype(dtype, device),
     )
     return model.to(device).eval()
+
+
+def export_model(model: ModelSpec, out_dir: str | Path) -> Path:
+    """Write `model` as a plain Hugging Face folder (safetensors weights, config, tokenizer
+    with its chat template) that any server loads, vLLM included: a GGUF model such as the
+    embedded one comes out dequantised, in `model.dtype` (`auto`: float32).
+
+    Written next to `out_dir` and renamed into place, so a folder that exists is complete.
+    """
+    out = Path(out_dir)
+    if model.name.startswith(("/", "./", "../")) and not Path(model.name).is_dir():
+        raise ModelNotFound(f"{model.name}: no such directory")
+    path, gguf_file = resolve_model(model)
+    tokenizer = load_tokenizer(path, gguf_file, model.revision)
+    lm = load_causal_lm(path, gguf_file, model.revision, model.dtype, device="cpu")
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    lm.save_pretrained(partial, safe_serialization=True)
+    tokenizer.save_pretrained(partial)
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+    return out

@@ -162,3 +162,42 @@ def test_spa_run_of_the_shipped_example_goes_from_prompts_to_a_trained_checkpoin
     again = spa("run", example, "--run-dir", run_dir)  # everything is done: nothing is redone
     assert again.returncode == 0, again.stderr[-2000:]
     assert json.loads((run_dir / "iter-00/train/_manifest.json").read_text()) == train
+
+
+@pytest.mark.slow
+def test_export_model_writes_the_embedded_model_as_a_folder_vllm_loads(tmp_path: Path) -> None:
+    """The generator pod's init container: the GGUF file dequantised into safetensors, with
+    the tokenizer and its chat template, giving the same logits as the GGUF model."""
+    import torch
+
+    from spa_core.models import load_causal_lm, load_tokenizer, resolve_model
+    from spa_core.spec import ModelSpec
+
+    out = tmp_path / "base"
+    result = spa("export-model", "embedded:smollm2-135m-instruct", str(out),
+                 "--dtype", "float32")
+    assert result.returncode == 0, result.stderr
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+    assert not (tmp_path / "base.partial").exists()
+    assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
+
+    exported_tok = load_tokenizer(str(out))
+    path, gguf = resolve_model(ModelSpec())
+    gguf_tok = load_tokenizer(path, gguf)
+    messages = [{"role": "user", "content": "Is it safe to mix bleach and ammonia?"}]
+    ids = gguf_tok.apply_chat_template(messages, add_generation_prompt=True,
+                                       return_dict=True, return_tensors="pt")["input_ids"]
+    assert exported_tok.apply_chat_template(messages, add_generation_prompt=True,
+                                            return_dict=True, return_tensors="pt")[
+        "input_ids"].tolist() == ids.tolist()
+    with torch.no_grad():
+        expected = load_causal_lm(path, gguf, dtype="float32", device="cpu")(ids).logits
+        got = load_causal_lm(str(out), dtype="float32", device="cpu")(ids).logits
+    torch.testing.assert_close(got, expected)
+
+
+def test_export_model_of_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    result = spa("export-model", str(tmp_path / "nowhere"), str(tmp_path / "out"))
+    assert result.returncode != 0
+    assert "error:" in result.stderr and "nowhere" in result.stderr
+    assert not (tmp_path / "out").exists()
