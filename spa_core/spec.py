@@ -331,6 +331,8 @@ class GeneratorSpec(_Spec):
     """vLLM --tensor-parallel-size."""
     max_model_len: Annotated[int | None, Field(ge=256, le=1_048_576)] = None
     """vLLM --max-model-len."""
+    extra_args: Annotated[list[Annotated[str, Field(max_length=512)]], Field(max_length=64)] = []
+    """More vLLM server arguments, after the operator's (on CPU nodes: `--enforce-eager`)."""
     scale_down_after_use: bool = True
     """Delete the generator once sampling and scoring are done, freeing GPUs for training."""
 

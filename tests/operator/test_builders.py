@@ -283,7 +283,7 @@ def test_service_selects_every_iterations_generator_pods() -> None:
 
 
 @pytest.mark.parametrize(("model", "field"), [
-    ({"name": "embedded:smollm2-135m-instruct"}, "model.name"),
+    ({"name": "embedded:smollm2-135m-instruct", "ggufFile": "other.gguf"}, "model.ggufFile"),
     ({"name": "/models/llama"}, "model.name"),
     ({"name": "some/dir", "ggufFile": "m.gguf"}, "model.ggufFile"),
 ])
@@ -292,6 +292,23 @@ def test_models_that_cannot_run_in_a_cluster_are_rejected_naming_the_field(
     with pytest.raises(ClusterSpecError, match=f"spec.{field}") as info:
         build_generator_deployment(OWNER, make_spec(model=model), CONFIG, 0)
     assert info.value.field == field
+
+
+def test_the_embedded_model_is_exported_for_vllm_before_it_starts() -> None:
+    spec = make_spec(model={"name": "embedded:smollm2-135m-instruct", "dtype": "float32"},
+                     generator={"extraArgs": ["--enforce-eager", "--no-enable-chunked-prefill"]})
+    deployment = build_generator_deployment(OWNER, spec, CONFIG, 0)
+    pod = deployment["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    target = f"{CONFIG.model_mount}/base"
+    assert init["command"] == ["spa", "export-model", "embedded:smollm2-135m-instruct", target]
+    assert init["image"] == CONFIG.worker_image
+    assert {"name": "model", "emptyDir": {}} in pod["volumes"]
+    args = vllm(spec=spec)["args"]
+    assert arg(vllm(spec=spec), "--model") == target
+    # The served name stays the spec's, so the pipeline's requests need no change.
+    assert arg(vllm(spec=spec), "--served-model-name") == "embedded:smollm2-135m-instruct"
+    assert args[-3:] == ["float32", "--enforce-eager", "--no-enable-chunked-prefill"]
 
 
 def test_model_paths_on_the_run_volume_are_allowed() -> None:

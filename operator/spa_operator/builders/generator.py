@@ -52,10 +52,12 @@ _FETCH_SCRIPT = (
 
 def policy_location(owner: Owner, spec: RunSpec, config: OperatorConfig,
                     iteration: int) -> tuple[str, str | None]:
-    """(model vLLM loads, URI of a checkpoint to fetch there first or None) for `iteration`.
+    """(model vLLM loads, what to put there first or None) for `iteration`.
 
-    Iteration 0 serves `model.name` (fetched first when it is a URI, e.g. the checkpoint a
-    schedule's previous run trained); iteration i serves the checkpoint iteration i-1 trained.
+    Iteration 0 serves `model.name`: fetched first when it is a URI (e.g. the checkpoint a
+    schedule's previous run trained), exported first when it is the embedded model (its GGUF
+    file, dequantised into a folder vLLM loads). Iteration i serves the checkpoint iteration
+    i-1 trained. The source is a URI or EMBEDDED_MODEL.
     """
     st = storage(owner, spec, config)
     if iteration > 0:
@@ -66,9 +68,8 @@ def policy_location(owner: Owner, spec: RunSpec, config: OperatorConfig,
     model = spec.model
     if "://" in model.name:
         return posixpath.join(config.model_mount, "base"), model.name
-    if model.name == EMBEDDED_MODEL:
-        raise ClusterSpecError("model.name", f"{EMBEDDED_MODEL} runs only with `spa run`; in a "
-                               "cluster use a Hugging Face model id or a path on storage.pvc")
+    if model.name == EMBEDDED_MODEL and not model.gguf_file:
+        return posixpath.join(config.model_mount, "base"), EMBEDDED_MODEL
     if model.gguf_file:
         raise ClusterSpecError("model.ggufFile", "GGUF files are for local runs; give vLLM a "
                                "Hugging Face model id or a safetensors directory")
@@ -92,7 +93,7 @@ def _vllm_args(spec: RunSpec, model: str, config: OperatorConfig, iteration: int
         args += ["--max-model-len", str(gen.max_model_len)]
     if iteration == 0 and spec.model.revision:
         args += ["--revision", spec.model.revision]
-    return [*args, "--dtype", spec.model.dtype]
+    return [*args, "--dtype", spec.model.dtype, *gen.extra_args]
 
 
 def _health_probe(period: int, failures: int) -> dict[str, Any]:
@@ -109,12 +110,15 @@ def _gpu_resources(gpus: int) -> dict[str, Any]:
 
 def _fetch_container(st: Storage, source: str, target: str,
                      config: OperatorConfig) -> dict[str, Any]:
-    """Init container copying a trained checkpoint from object storage to the model volume."""
+    """Init container putting the model on the model volume: a checkpoint copied from object
+    storage, or the embedded model exported from its GGUF file (`spa export-model`)."""
+    command = ["spa", "export-model", source, target] if source == EMBEDDED_MODEL \
+        else ["python", "-c", _FETCH_SCRIPT, source, target]
     return {
         "name": "fetch-model",
         "image": config.worker_image,
         **container_defaults(config),
-        "command": ["python", "-c", _FETCH_SCRIPT, source, target],
+        "command": command,
         "envFrom": st.env_from,
         "volumeMounts": [{"name": "model", "mountPath": config.model_mount}],
     }
