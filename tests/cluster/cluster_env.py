@@ -16,9 +16,10 @@ class Cluster:
     kubeconfig: Path
     bin_dir: Path
     state_dir: Path
-    #: Debian with python3 (the project images' base): for pods that only need a shell.
-    base_image: str
-    operator_image: str
+    #: The images in the node's containerd, by scripts/build-images.sh's target names:
+    #: debian (python3 alone, the project images' base: for pods that need only a shell),
+    #: operator, worker and trainer.
+    images: dict[str, str]
 
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True,
                 timeout: float = 120) -> str:

@@ -47,16 +47,17 @@ def cluster() -> Iterator[Cluster]:
     if missing:
         _unavailable(f"{', '.join(missing)} not built in {bin_dir}: run "
                      "`scripts/kube-cluster.sh build`")
-    images = _run([str(IMAGES_SCRIPT), "debian", "operator"], 3600).split()
+    targets = ("debian", "operator", "worker", "trainer")
+    images = dict(zip(targets, _run([str(IMAGES_SCRIPT), *targets], 3600).split(), strict=True))
     # A short path: containerd's socket lives under it (sun_path holds 108 bytes).
     state = Path(f"/tmp/spa-cluster-{uuid.uuid4().hex[:8]}")
     try:
         kubeconfig = Path(_run([str(CLUSTER_SCRIPT), "start", str(state)], 600)
                           .strip().splitlines()[-1])
         env = {**os.environ, "KUBE_CLUSTER_DIR": str(state)}
-        subprocess.run([str(CLUSTER_SCRIPT), "load", *images], check=True, env=env, timeout=900)
-        yield Cluster(kubeconfig=kubeconfig, bin_dir=bin_dir, state_dir=state,
-                      base_image=images[0], operator_image=images[1])
+        subprocess.run([str(CLUSTER_SCRIPT), "load", *images.values()], check=True, env=env,
+                       timeout=1800)
+        yield Cluster(kubeconfig=kubeconfig, bin_dir=bin_dir, state_dir=state, images=images)
     finally:
         subprocess.run([str(CLUSTER_SCRIPT), "stop", str(state)], timeout=300)
 

@@ -32,7 +32,7 @@ spec:
     spec:
       containers:
       - name: web
-        image: {cluster.base_image}
+        image: {cluster.images["debian"]}
         imagePullPolicy: Never
         command: [bash, -c, "mkdir -p /srv && echo -n {token} > /srv/token && exec python3 -m http.server 8080 -d /srv"]
         ports: [{{containerPort: 8080, name: http}}]
@@ -56,7 +56,7 @@ spec:
       restartPolicy: Never
       containers:
       - name: client
-        image: {cluster.base_image}
+        image: {cluster.images["debian"]}
         imagePullPolicy: Never
         command:
         - python3
@@ -111,7 +111,7 @@ spec:
       restartPolicy: Never
       containers:
       - name: rank
-        image: {cluster.base_image}
+        image: {cluster.images["debian"]}
         imagePullPolicy: Never
         env:
         - name: RANK
@@ -156,7 +156,7 @@ spec:
     spec:
       restartPolicy: Never
       containers:
-      - {{name: done, image: {cluster.base_image}, imagePullPolicy: Never, command: ["true"]}}
+      - {{name: done, image: {cluster.images["debian"]}, imagePullPolicy: Never, command: ["true"]}}
 """, namespace)
     wait_for("the Job to appear", lambda: cluster.get("job", "short", namespace) is not None, 30)
     wait_for("the TTL controller to delete the finished Job",

@@ -25,7 +25,7 @@ RELEASE_NAMESPACE = "spa-system"
 
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster) -> Iterator[str]:
-    repository, tag = cluster.operator_image.rsplit(":", 1)
+    repository, tag = cluster.images["operator"].rsplit(":", 1)
     cluster.helm("install", "spa", str(REPO / "charts" / "spa-operator"),
                  "--namespace", RELEASE_NAMESPACE, "--create-namespace",
                  "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
@@ -47,7 +47,8 @@ def test_chart_installed_operator_reconciles_a_run(cluster: Cluster, operator: s
     pods = json.loads(cluster.kubectl("-n", operator, "get", "pods", "-o", "json"))["items"]
     assert len(pods) == 1
     (status,) = pods[0]["status"]["containerStatuses"]
-    assert status["ready"] and status["image"].endswith(cluster.operator_image.split("/", 1)[1])
+    image = cluster.images["operator"]
+    assert status["ready"] and status["image"].endswith(image.split("/", 1)[1])
 
     cluster.apply(f"""
 apiVersion: v1
