@@ -146,10 +146,11 @@ build_target() {  # build_target TARGET BUILD_ARG...: images/Dockerfile's TARGET
         log "building $image (images/Dockerfile, target $target)"
         local args=() a
         for a in "$@"; do args+=(--build-arg "$a"); done
+        # Older builds go first: this machine's disk holds few multi-GB images.
+        prune_older "$image"
         buildah bud --quiet --network host -f images/Dockerfile --target "$target" \
             "${args[@]}" -t "$image" . >/dev/null
         log "built $image in $((SECONDS - start))s"
-        prune_older "$image"
     fi
     echo "$image"
 }
@@ -159,6 +160,12 @@ main() {
     command -v buildah >/dev/null || die "buildah missing: run scripts/kube-cluster.sh install"
     local targets=("$@") python uv wheels target
     ((${#targets[@]})) || targets=(operator)
+    local free_gb
+    free_gb="$(df --output=avail -BG /var/lib/containers 2>/dev/null | tail -n1 | tr -dc 0-9)"
+    if [[ -n "$free_gb" ]] && ((free_gb < 20)); then
+        log "warning: ${free_gb} GB free for images; the worker and trainer images need ~20 GB" \
+            "while they are built and imported (then half of that)"
+    fi
     python="$(debian_image)"
     uv="$(uv_image)"
     wheels="$(wheels_image)"

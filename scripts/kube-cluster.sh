@@ -350,14 +350,15 @@ import_image() {  # import_image DIR IMAGE: from buildah's store into the node's
         ctr_ "$d" images list -q "name==$image" | grep -qx "$image"; then
         return 0
     fi
+    # Older builds of the same repository go first (their layers are garbage-collected):
+    # this machine's disk holds few multi-GB images.
+    ctr_ "$d" images list -q | grep "^${image%:*}:" | grep -vx "$image" |
+        xargs -r ctr --address "$(containerd_sock "$d")" --namespace k8s.io images rm >/dev/null || true
     tar="$(mktemp -u "${TMPDIR:-/tmp}/spa-image.XXXXXX.tar")"
     log "importing $image into the node's containerd"
     buildah push -q --disable-compression "$image" "oci-archive:$tar:$image" >/dev/null
     ctr_ "$d" images import "$tar" >/dev/null
     rm -f "$tar"
-    # Older builds of the same repository: their layers go with them (garbage-collected).
-    ctr_ "$d" images list -q | grep "^${image%:*}:" | grep -vx "$image" |
-        xargs -r ctr --address "$(containerd_sock "$d")" --namespace k8s.io images rm >/dev/null || true
     mkdir -p "$CLUSTER_CACHE/imported"
     echo "$id" >"$marker"
 }

@@ -69,7 +69,7 @@ cmd_test() {
         rustup component add rustfmt clippy >/dev/null 2>&1 ||
             say "could not add rustfmt/clippy (make lint needs them)"
     fi
-    if ! "$UV" run --no-sync python -c 'import llama_cpp' >/dev/null 2>&1; then
+    if [[ ! -d .venv ]] || ! "$UV" run --no-sync python -c 'import llama_cpp' >/dev/null 2>&1; then
         say "the tests need llama.cpp's server: compiling llama-cpp-python (~4 minutes on 2 cores, once)"
     fi
     sync --all-extras

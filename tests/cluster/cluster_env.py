@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,36 @@ class Cluster:
         if out.returncode != 0:
             raise AssertionError(f"helm {' '.join(args)}: {out.stderr.strip()}")
         return out.stdout
+
+    def run_volume(self, namespace: str, uid: int) -> Path:
+        """A PersistentVolume bound to the claim `spa-runs` in `namespace` (what the examples'
+        `storage.pvc` names): a host folder owned by `uid`, as a provisioner with the right
+        fsGroup would leave it. Returns the folder."""
+        path = self.state_dir / "volumes" / namespace
+        path.mkdir(parents=True)
+        os.chown(path, uid, uid)
+        self.apply(f"""
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: spa-runs-{namespace}}}
+spec:
+  capacity: {{storage: 10Gi}}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: ""
+  hostPath: {{path: {path}, type: Directory}}
+  claimRef: {{namespace: {namespace}, name: spa-runs}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: spa-runs}}
+spec:
+  accessModes: [ReadWriteOnce]
+  storageClassName: ""
+  volumeName: spa-runs-{namespace}
+  resources: {{requests: {{storage: 10Gi}}}}
+""", namespace)
+        return path
 
     def describe(self, namespace: str) -> str:
         """What a person would look at when a wait times out: pods, events."""

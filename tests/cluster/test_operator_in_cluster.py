@@ -50,27 +50,8 @@ def test_chart_installed_operator_reconciles_a_run(cluster: Cluster, operator: s
     image = cluster.images["operator"]
     assert status["ready"] and status["image"].endswith(image.split("/", 1)[1])
 
+    cluster.run_volume(namespace, uid=65532)
     cluster.apply(f"""
-apiVersion: v1
-kind: PersistentVolume
-metadata: {{name: spa-runs-{namespace}}}
-spec:
-  capacity: {{storage: 1Gi}}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Delete
-  storageClassName: ""
-  hostPath: {{path: {cluster.state_dir}/volumes/{namespace}, type: DirectoryOrCreate}}
-  claimRef: {{namespace: {namespace}, name: spa-runs}}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {{name: spa-runs}}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: ""
-  volumeName: spa-runs-{namespace}
-  resources: {{requests: {{storage: 1Gi}}}}
----
 apiVersion: alignment.spa.dev/v1alpha1
 kind: SPAAlignmentRun
 metadata: {{name: tiny}}

@@ -7,9 +7,7 @@ training Job's two pods under torchrun over gloo, and the evaluation Job with th
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import yaml
@@ -44,39 +42,9 @@ def operator(cluster: Cluster) -> Iterator[str]:
                  timeout=300)
 
 
-def _volume(cluster: Cluster, namespace: str) -> Path:
-    """A PersistentVolume for `storage.pvc: spa-runs`, owned by the images' user (as a
-    provisioner with the right fsGroup would leave it)."""
-    path = cluster.state_dir / "volumes" / namespace
-    path.mkdir(parents=True)
-    os.chown(path, IMAGE_UID, IMAGE_UID)
-    cluster.apply(f"""
-apiVersion: v1
-kind: PersistentVolume
-metadata: {{name: spa-runs-{namespace}}}
-spec:
-  capacity: {{storage: 10Gi}}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: ""
-  hostPath: {{path: {path}, type: Directory}}
-  claimRef: {{namespace: {namespace}, name: spa-runs}}
----
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata: {{name: spa-runs}}
-spec:
-  accessModes: [ReadWriteOnce]
-  storageClassName: ""
-  volumeName: spa-runs-{namespace}
-  resources: {{requests: {{storage: 10Gi}}}}
-""", namespace)
-    return path
-
-
 def test_the_cluster_cpu_example_runs_to_succeeded(cluster: Cluster, operator: str,
                                                   namespace: str) -> None:
-    volume = _volume(cluster, namespace)
+    volume = cluster.run_volume(namespace, IMAGE_UID)
     cluster.kubectl("-n", namespace, "apply", "-f", str(EXAMPLE))
     name = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
 
