@@ -55,7 +55,7 @@ test-operator: kube-testenv ## Operator tests against a real kube-apiserver + et
 test-cluster: setup cluster-env ## The one-node cluster's tests alone (root)
 	SPA_REQUIRE_CLUSTER=1 $(RUN) pytest tests/cluster
 
-kube-testenv: ## Build and cache etcd + kube-apiserver for the operator tests (slow once)
+kube-testenv: ## Build and cache etcd, helm and the Kubernetes commands (slow once)
 	scripts/kube-testenv.sh build
 
 cluster-env: ## Install the cluster's Debian packages (root), build and cache its binaries (slow once)
