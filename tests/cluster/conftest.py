@@ -10,6 +10,7 @@ its containerd, and everything is stopped at the end. Needs root, and the binari
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -59,7 +60,9 @@ def cluster() -> Iterator[Cluster]:
                        timeout=1800)
         yield Cluster(kubeconfig=kubeconfig, bin_dir=bin_dir, state_dir=state, images=images)
     finally:
-        subprocess.run([str(CLUSTER_SCRIPT), "stop", str(state)], timeout=300)
+        stopped = subprocess.run([str(CLUSTER_SCRIPT), "stop", str(state)], timeout=300)
+        if stopped.returncode == 0:  # the run's volumes hold checkpoints: give the disk back
+            shutil.rmtree(state, ignore_errors=True)
 
 
 @pytest.fixture
