@@ -238,12 +238,12 @@ spawn() {  # spawn DIR NAME COMMAND...: a daemon in its own session, logging to 
     echo $! >"$d/$name.pid"
 }
 
-wait_for() {  # wait_for SECONDS WHAT COMMAND...
+wait_for() {  # wait_for SECONDS WHAT COMMAND...: returns 1 (after saying so) on time-out
     local timeout="$1" what="$2" deadline
     shift 2
     deadline=$((SECONDS + timeout))
     until "$@" >/dev/null 2>&1; do
-        ((SECONDS < deadline)) || die "$what not ready after ${timeout}s"
+        ((SECONDS < deadline)) || { log "error: $what not ready after ${timeout}s"; return 1; }
         sleep 1
     done
 }
@@ -309,8 +309,8 @@ cmd_start() {
         --service-cluster-ip-range "$SERVICE_CIDR" \
         --authorization-mode Node,RBAC \
         --allow-privileged=true
-    wait_ready "$d" "$api_port" "$(cat "$d/kube-apiserver.pid")" "$NODE_IP" 2>/dev/null ||
-        { tail -n 30 "$d/logs/kube-apiserver.log" >&2; die "kube-apiserver did not start"; }
+    wait_ready "$d" "$api_port" "$(cat "$d/kube-apiserver.pid")" "$NODE_IP" \
+        "$d/logs/kube-apiserver.log"
 
     spawn "$d" kube-controller-manager "$BIN/kube-controller-manager" --kubeconfig "$d/kubeconfig" \
         --leader-elect=false --bind-address 127.0.0.1 --secure-port 0 \
@@ -320,7 +320,7 @@ cmd_start() {
         --concurrent-job-syncs 5
     spawn "$d" kube-scheduler "$BIN/kube-scheduler" --kubeconfig "$d/kubeconfig" \
         --leader-elect=false --bind-address 127.0.0.1 --secure-port 0
-    wait_for 60 containerd ctr_ "$d" version
+    wait_for 60 containerd ctr_ "$d" version || { tail -n 30 "$d/logs/containerd.log" >&2; exit 1; }
     import_image "$d" "$PAUSE_IMAGE"
     spawn "$d" kubelet "$BIN/kubelet" --config "$d/kubelet/config.yaml" \
         --kubeconfig "$d/kubeconfig" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" \
@@ -329,13 +329,14 @@ cmd_start() {
     spawn "$d" coredns "$BIN/coredns" -conf "$d/Corefile"
 
     local kubectl=("$BIN/kubectl" --kubeconfig "$d/kubeconfig")
-    wait_for 120 "node $NODE_NAME" node_ready "$d" ||
-        { tail -n 40 "$d/logs/kubelet.log" >&2; die "node not ready"; }
+    wait_for 120 "node $NODE_NAME" node_ready "$d" || { tail -n 40 "$d/logs/kubelet.log" >&2; exit 1; }
     # kubelet has now written its kernel settings (kernel.panic_on_oops=1 among them): this is
     # a shared machine, so put back what it had.
     restore_sysctls "$d" $KUBELET_SYSCTLS
-    wait_for 60 "the default ServiceAccount" "${kubectl[@]}" get serviceaccount default
-    wait_for 60 "kube-proxy's rules" bash -c "iptables -t nat -S KUBE-SERVICES | grep -q default/kubernetes"
+    wait_for 60 "the default ServiceAccount" "${kubectl[@]}" get serviceaccount default ||
+        { tail -n 30 "$d/logs/kube-controller-manager.log" >&2; exit 1; }
+    wait_for 60 "kube-proxy's rules" bash -c "iptables -t nat -S KUBE-SERVICES | grep -q default/kubernetes" ||
+        { tail -n 30 "$d/logs/kube-proxy.log" >&2; exit 1; }
     log "ready in $((SECONDS - start))s: https://$NODE_IP:$api_port, KUBECONFIG=$d/kubeconfig"
     echo "$d/kubeconfig"
 }

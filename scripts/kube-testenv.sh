@@ -211,17 +211,17 @@ current-context: spa-testenv
 EOF
 }
 
-wait_ready() {  # wait_ready DIR PORT PID [HOST]
-    local d="$1" port="$2" pid="$3" host="${4:-127.0.0.1}" deadline=$((SECONDS + ${KUBE_TESTENV_READY_TIMEOUT:-120}))
+wait_ready() {  # wait_ready DIR PORT PID [HOST [LOG]]: fails showing the server's log
+    local d="$1" port="$2" pid="$3" host="${4:-127.0.0.1}" log="${5:-$1/kube-apiserver.log}" deadline=$((SECONDS + ${KUBE_TESTENV_READY_TIMEOUT:-120}))
     while ((SECONDS < deadline)); do
-        kill -0 "$pid" 2>/dev/null || { tail -n 30 "$d/kube-apiserver.log" >&2; die "kube-apiserver exited"; }
+        kill -0 "$pid" 2>/dev/null || { tail -n 30 "$log" >&2; die "kube-apiserver exited"; }
         if curl -sf --cacert "$d/pki/ca.crt" --cert "$d/pki/admin.crt" --key "$d/pki/admin.key" \
             "https://$host:$port/readyz" >/dev/null 2>&1; then
             return 0
         fi
         sleep 0.5
     done
-    tail -n 30 "$d/kube-apiserver.log" >&2
+    tail -n 30 "$log" >&2
     die "kube-apiserver not ready after ${KUBE_TESTENV_READY_TIMEOUT:-120}s"
 }
 
