@@ -22,19 +22,23 @@ class Cluster:
     #: operator, worker and trainer.
     images: dict[str, str]
 
+    def _tool(self, tool: str, *args: str, stdin: str | None = None, check: bool = True,
+              timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """`tool` (kubectl, helm) against this cluster; fails naming the command if `check`."""
+        out = subprocess.run([str(self.bin_dir / tool), "--kubeconfig", str(self.kubeconfig),
+                              *args], input=stdin, capture_output=True, text=True,
+                             timeout=timeout)
+        if check and out.returncode != 0:
+            raise AssertionError(f"{tool} {' '.join(args)}: {out.stderr.strip()}")
+        return out
+
     def kubectl(self, *args: str, stdin: str | None = None, check: bool = True,
                 timeout: float = 120) -> str:
-        out = subprocess.run([str(self.bin_dir / "kubectl"), "--kubeconfig",
-                              str(self.kubeconfig), *args], input=stdin, capture_output=True,
-                             text=True, timeout=timeout)
-        if check and out.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)}: {out.stderr.strip()}")
-        return out.stdout
+        return self._tool("kubectl", *args, stdin=stdin, check=check, timeout=timeout).stdout
 
     def get(self, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
-        out = subprocess.run([str(self.bin_dir / "kubectl"), "--kubeconfig",
-                              str(self.kubeconfig), "-n", namespace, "get", kind, name,
-                              "-o", "json"], capture_output=True, text=True, timeout=60)
+        out = self._tool("kubectl", "-n", namespace, "get", kind, name, "-o", "json",
+                         check=False, timeout=60)
         if out.returncode != 0:
             if "NotFound" in out.stderr:
                 return None
@@ -45,11 +49,7 @@ class Cluster:
         self.kubectl("-n", namespace, "apply", "-f", "-", stdin=manifest)
 
     def helm(self, *args: str, timeout: float = 300) -> str:
-        out = subprocess.run([str(self.bin_dir / "helm"), "--kubeconfig", str(self.kubeconfig),
-                              *args], capture_output=True, text=True, timeout=timeout)
-        if out.returncode != 0:
-            raise AssertionError(f"helm {' '.join(args)}: {out.stderr.strip()}")
-        return out.stdout
+        return self._tool("helm", *args, timeout=timeout).stdout
 
     def run_volume(self, namespace: str, uid: int) -> Path:
         """A PersistentVolume bound to the claim `spa-runs` in `namespace` (what the examples'
