@@ -236,6 +236,10 @@ class TrainingSpeedSpec(_Spec):
     """torch.compile the model (transformers' `torch_compile`)."""
 
 
+#: Upper bound of training.maxRestarts (it bounds the length of the training Jobs' names).
+MAX_TRAINING_RESTARTS = 100
+
+
 class TrainingSpec(_Spec):
     """Preference optimisation (steps 6-7)."""
 
@@ -265,6 +269,12 @@ class TrainingSpec(_Spec):
     """Fraction of steps spent warming up the learning rate."""
     gradient_checkpointing: bool = False
     """Activation checkpointing: recompute activations in the backward pass to save memory."""
+    save_steps: Annotated[int, Field(ge=1, le=10_000_000)] = 50
+    """Optimizer steps between resumable checkpoints (`train/checkpoint-N` in the run
+    directory, two kept): a killed or restarted training resumes from the last one."""
+    max_restarts: Annotated[int, Field(ge=0, le=MAX_TRAINING_RESTARTS)] = 2
+    """Cluster runs: how many times a failed training group (every node's pod) is restarted
+    from the last checkpoint before the run fails. A node lost mid-step fails every rank."""
     speed: TrainingSpeedSpec = TrainingSpeedSpec()
     """The trainer's fast paths (on by default, except `compile`)."""
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
@@ -408,7 +418,8 @@ class SchedulingSpec(_Spec):
     affinity: dict[str, Any] | None = None
     """Affinity of every child pod (a Kubernetes Affinity object)."""
     backoff_limit: Annotated[int, Field(ge=0, le=100)] = 2
-    """Pod retries of each child Job before the run fails."""
+    """Pod retries of each child Job before the run fails; training retries as a group
+    instead (`training.maxRestarts`)."""
     active_deadline_seconds: Annotated[int | None, Field(ge=1, le=31_536_000)] = None
     """Wall-clock limit of each child Job; none when unset."""
     ttl_seconds_after_finished: Annotated[int | None, Field(ge=0, le=31_536_000)] = None

@@ -276,21 +276,21 @@ class Killed(Exception):
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_model, pairs_path, tmp_path):
     out = tmp_path / "out"
-    training = spec(max_steps=2)
+    training = spec(max_steps=2, save_steps=1)
 
     def die_at_step_2(record: dict[str, Any]) -> None:
         if record["step"] == 2:  # logged before checkpoint-2 would be saved
             raise Killed
 
     with pytest.raises(Killed):
-        run(pairs_path, tiny_model, out, training, on_log=die_at_step_2, save_steps=1)
+        run(pairs_path, tiny_model, out, training, on_log=die_at_step_2)
     assert (out / "checkpoint-1" / "trainer_state.json").is_file()
     assert not (out / "checkpoint-2").exists() and not (out / "checkpoint-final").exists()
 
     logs: list[dict[str, Any]] = []
-    resumed = run(pairs_path, tiny_model, out, training, on_log=logs.append, save_steps=1)
+    resumed = run(pairs_path, tiny_model, out, training, on_log=logs.append)
     assert [r["step"] for r in logs if "loss" in r] == [2]  # step 1 was not redone
-    assert resumed.steps == 2
+    assert (resumed.steps, resumed.resumed_from_step) == (2, 1)
     assert [r["step"] for r in resumed.log_history if "loss" in r] == [1, 2]
 
     straight = run(pairs_path, tiny_model, tmp_path / "straight", training)
@@ -303,8 +303,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_model, pairs_path, t
     started = time.monotonic()
     repeat = run(pairs_path, tiny_model, out, spec(max_steps=5), on_log=again.append)
     assert again == [] and time.monotonic() - started < 5
-    assert (repeat.steps, repeat.final_loss, repeat.log_history) == (
-        resumed.steps, resumed.final_loss, resumed.log_history)
+    assert (repeat.steps, repeat.final_loss, repeat.log_history, repeat.resumed_from_step) == (
+        resumed.steps, resumed.final_loss, resumed.log_history, 1)
 
 
 def test_an_unfinished_final_save_is_not_taken_as_final(tiny_model, pairs_path, tmp_path):

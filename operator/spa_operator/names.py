@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from spa_core.spec import IterationsSpec, TrainingSpec
+from spa_core.spec import MAX_TRAINING_RESTARTS, IterationsSpec, TrainingSpec
 
 __all__ = [
     "DNS_LABEL_MAX",
@@ -62,13 +62,15 @@ def pipeline_job(run: str, iteration: int) -> str:
     return f"{run}-pipeline-{iteration}"
 
 
-def training_job(run: str, iteration: int) -> str:
-    """Indexed Job training one iteration, one pod per node."""
-    return f"{run}-train-{iteration}"
+def training_job(run: str, iteration: int, attempt: int = 0) -> str:
+    """Indexed Job training one iteration, one pod per node. A group restart is a new Job,
+    `-r<attempt>`: the failed attempt stays, with its pods' logs, and its count is the run's
+    memory of the restarts made."""
+    return f"{run}-train-{iteration}" + (f"-r{attempt}" if attempt else "")
 
 
 def training_service(run: str, iteration: int) -> str:
-    """Headless Service giving the training pods stable DNS names (same name as the Job)."""
+    """Headless Service giving every attempt's training pods stable DNS names."""
     return training_job(run, iteration)
 
 
@@ -77,9 +79,9 @@ def training_config_map(run: str) -> str:
     return f"{run}-accelerate"
 
 
-def training_pod_hostname(run: str, iteration: int, index: int) -> str:
+def training_pod_hostname(run: str, iteration: int, index: int, attempt: int = 0) -> str:
     """Hostname of an Indexed Job pod: `<job>-<completion index>`."""
-    return f"{training_job(run, iteration)}-{index}"
+    return f"{training_job(run, iteration, attempt)}-{index}"
 
 
 def evaluation_job(run: str, iteration: int) -> str:
@@ -99,10 +101,10 @@ def _longest_suffix() -> int:
         generator_service(""),
         generator_deployment("", it),
         pipeline_job("", it),
-        training_job("", it),
+        training_job("", it, MAX_TRAINING_RESTARTS),
         training_service("", it),
         training_config_map(""),
-        training_pod_hostname("", it, node),
+        training_pod_hostname("", it, node, MAX_TRAINING_RESTARTS),
         evaluation_job("", it),
     ]
     return max(len(n) for n in names)

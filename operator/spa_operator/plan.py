@@ -42,7 +42,10 @@ class Step:
     delete: list[tuple[str, str]] = field(default_factory=list)
     """(kind, name) of children to delete."""
     failed_job: str | None = None
-    """The Job whose failure failed the run (its pods hold the termination message)."""
+    """The Job whose failure failed the run, or made it restart training (its pods hold the
+    termination message)."""
+    training_restarts: int | None = None
+    """Restarts of this iteration's training group so far (from Training on)."""
 
 
 def _stale_generators(owner: Owner, children: Children, keep: str | None) -> list[tuple[str, str]]:
@@ -76,25 +79,45 @@ def plan(owner: Owner, spec: RunSpec, config: OperatorConfig, iteration: int,
         iteration += 1
 
 
+#: Job failure reasons a new attempt cannot cure: the pod failure policy's FailJob rule (a
+#: usage error) and the Job's activeDeadlineSeconds.
+_FINAL_JOB_FAILURES = {"PodFailurePolicy", "DeadlineExceeded"}
+
+
+def _training_attempt(owner: Owner, spec: RunSpec, i: int,
+                      jobs: dict[str, dict[str, Any]]) -> int:
+    """The latest attempt of iteration `i`'s training Job that exists (0 when none does)."""
+    for attempt in range(spec.training.max_restarts, 0, -1):
+        if names.training_job(owner.name, i, attempt) in jobs:
+            return attempt
+    return 0
+
+
 def _plan_iteration(owner: Owner, spec: RunSpec, config: OperatorConfig, i: int,
                     children: Children) -> Step | None:
     """The step within iteration `i`, or None when the iteration is finished."""
     jobs = children.jobs
+    attempt = _training_attempt(owner, spec, i, jobs)
     pipeline_name = names.pipeline_job(owner.name, i)
-    training_name = names.training_job(owner.name, i)
+    training_name = names.training_job(owner.name, i, attempt)
     evaluation_name = names.evaluation_job(owner.name, i)
     pipeline = job_state(jobs.get(pipeline_name))
     training = job_state(jobs.get(training_name))
     evaluation = job_state(jobs.get(evaluation_name))
+    restart = training.phase == "Failed" and training.reason not in _FINAL_JOB_FAILURES \
+        and attempt < spec.training.max_restarts
 
     for stage, name, state in (("Pipeline", pipeline_name, pipeline),
                                ("Training", training_name, training),
                                ("Evaluation", evaluation_name, evaluation)):
-        if state.phase == "Failed":
-            return Step("Failed", stage, i, f"{stage}Failed",
-                        f"Job {name} failed ({state.reason}): {state.message}".rstrip(": "),
+        if state.phase == "Failed" and not (stage == "Training" and restart):
+            message = f"Job {name} failed ({state.reason}): {state.message}".rstrip(": ")
+            if stage == "Training" and attempt:
+                message += f" (after {attempt} restart(s) of training)"
+            return Step("Failed", stage, i, f"{stage}Failed", message,
                         delete=_stale_generators(owner, children, None),
-                        failed_job=name)
+                        failed_job=name,
+                        training_restarts=attempt if stage != "Pipeline" else None)
 
     finished = evaluation.phase == "Succeeded" if spec.evaluation.enabled \
         else training.phase == "Succeeded"
@@ -106,19 +129,35 @@ def _plan_iteration(owner: Owner, spec: RunSpec, config: OperatorConfig, i: int,
                     f"evaluating iteration {i} (Job {evaluation_name})",
                     ensure=[builders.build_spec_config_map(owner, spec, config),
                             builders.build_evaluation_job(owner, spec, config, i)],
-                    delete=_stale_generators(owner, children, None))
+                    delete=_stale_generators(owner, children, None),
+                    training_restarts=attempt)
 
     if pipeline.phase == "Succeeded":
         keep = None if spec.generator.scale_down_after_use else \
             names.generator_deployment(owner.name, i)
+        ensure = [builders.build_spec_config_map(owner, spec, config),
+                  builders.build_training_config_map(owner, spec, config),
+                  builders.build_training_service(owner, spec, config, i)]
+        delete = _stale_generators(owner, children, keep)
+        nodes = f"{spec.training.nodes} node(s)"
+        if restart:
+            # One rank lost fails them all: the whole group starts again, from the last
+            # checkpoint on the run's storage. The failed attempt stays, with its pods' logs.
+            retry = names.training_job(owner.name, i, attempt + 1)
+            return Step("Running", "Training", i, "TrainingRestarted",
+                        f"Job {training_name} failed ({training.reason}); restarting training "
+                        f"of iteration {i} on {nodes} from its last checkpoint as Job {retry} "
+                        f"(restart {attempt + 1} of at most {spec.training.max_restarts})",
+                        ensure=[*ensure, builders.build_training_job(owner, spec, config, i,
+                                                                     attempt + 1)],
+                        delete=delete, failed_job=training_name,
+                        training_restarts=attempt + 1)
+        restarts = f", restart {attempt}" if attempt else ""
         return Step("Running", "Training", i, "Training",
-                    f"training iteration {i} on {spec.training.nodes} node(s) "
-                    f"(Job {training_name})",
-                    ensure=[builders.build_spec_config_map(owner, spec, config),
-                            builders.build_training_config_map(owner, spec, config),
-                            builders.build_training_service(owner, spec, config, i),
-                            builders.build_training_job(owner, spec, config, i)],
-                    delete=_stale_generators(owner, children, keep))
+                    f"training iteration {i} on {nodes} (Job {training_name}{restarts})",
+                    ensure=[*ensure, builders.build_training_job(owner, spec, config, i,
+                                                                 attempt)],
+                    delete=delete, training_restarts=attempt)
 
     generator_name = names.generator_deployment(owner.name, i)
     ensure = [builders.build_spec_config_map(owner, spec, config),

@@ -112,6 +112,8 @@ def _status(run: RunObject, spec: RunSpec, step: Step, cluster: Cluster, config:
         new["startTime"] = stamp(now)
     if step.phase in TERMINAL:
         new["completionTime"] = old.get("completionTime") or stamp(now)
+    if step.training_restarts is not None:
+        new["trainingRestarts"] = step.training_restarts
     counts = _counts(run, step, cluster)
     if counts is not None:
         new["counts"] = counts
@@ -124,8 +126,8 @@ def _status(run: RunObject, spec: RunSpec, step: Step, cluster: Cluster, config:
         (step.phase, step.stage, step.iteration)
     new["stageStartTime"] = stamp(now) if moved or not old.get("stageStartTime") \
         else old["stageStartTime"]
-    if moved:
-        kind = "Warning" if step.phase == "Failed" else "Normal"
+    if moved or step.failed_job:
+        kind = "Warning" if step.failed_job else "Normal"
         post_event(kind, step.reason, message)
     return new
 

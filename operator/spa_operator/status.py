@@ -111,6 +111,8 @@ class RunStatus(_Status):
     """Latest observations (type Ready is the summary)."""
     counts: Counts | None = None
     """Counts from the current iteration's pipeline."""
+    training_restarts: Annotated[int | None, Field(ge=0)] = None
+    """Restarts of the current iteration's training group (each from its last checkpoint)."""
     evaluation: Evaluation | None = None
     """Headline numbers of the latest evaluation."""
     artifacts: Artifacts | None = None

@@ -51,6 +51,7 @@ def run_train(ctx: StageContext) -> dict:
         "steps": result.steps,
         "final_loss": result.final_loss,
         "loss": spec.training.loss,
+        "resumed_from_step": result.resumed_from_step,
         **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
     }
     ctx.dir.write_json(f"{STAGE}/log_history.json", result.log_history)

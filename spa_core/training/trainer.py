@@ -85,6 +85,8 @@ class TrainResult:
     """Every logged record (loss, rewards/margins, learning_rate, ... and `step`)."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """Trainer summary metrics (train_runtime, train_loss, ...) of the last `train` call."""
+    resumed_from_step: int = 0
+    """The step of the checkpoint the last `train` call resumed from (0: from the start)."""
 
 
 class _NoTelemetry:
@@ -423,6 +425,7 @@ def _read_result(final: Path) -> TrainResult:
         final_loss=data.get("final_loss"),
         log_history=data.get("log_history", []),
         metrics=data.get("metrics", {}),
+        resumed_from_step=data.get("resumed_from_step", 0),
     )
 
 
@@ -451,13 +454,14 @@ def train(
     device: str | None = None,
     report_to: list[str] | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
-    save_steps: int = 50,
+    save_steps: int | None = None,
 ) -> TrainResult:
     """Train the policy at `model_path` (a directory, with `gguf_file` inside it, or a Hub id)
     on the pairs Parquet at `pairs_path` (local or fsspec URI) with `spec.loss`.
 
     Publishes `<output_dir>/checkpoint-final` (model + tokenizer, safetensors), resumes
-    from the last complete `checkpoint-N` (saved every `save_steps` steps, two kept), and
+    from the last complete `checkpoint-N` (saved every `save_steps` steps, by default the
+    spec's `save_steps`; two kept), and
     returns the stored result at once when `checkpoint-final` already exists. `device`:
     None picks a GPU when one is visible; CPUs train in fp32, GPUs in bf16 autocast.
     `on_log` receives every log record (main process only).
@@ -475,7 +479,7 @@ def train(
     tokenizer = load_tokenizer(model_path, gguf_file)
     model = _load_policy(model_path, gguf_file)  # fp32 master weights, even under bf16
     callbacks: list[TrainerCallback] = [_ForwardLogs(on_log)] if on_log else []
-    args = _common_args(spec, str(root), device, report_to, save_steps)
+    args = _common_args(spec, str(root), device, report_to, save_steps or spec.save_steps)
     trainer = _build_trainer(spec, model, tokenizer, pairs, args, callbacks)
 
     if args.get("fsdp") and not getattr(trainer, "is_fsdp_enabled", False):
@@ -485,6 +489,7 @@ def train(
     resume = last_checkpoint(root)
     if resume:
         log.info("resuming from %s", resume)
+    resumed_from_step = int(_CHECKPOINT.match(Path(resume).name).group(1)) if resume else 0
     output = trainer.train(resume_from_checkpoint=resume)
 
     partial = root / _PARTIAL
@@ -503,6 +508,7 @@ def train(
         final_loss=_final_loss(log_history),
         log_history=log_history,
         metrics=_json_safe(dict(output.metrics)),
+        resumed_from_step=resumed_from_step,
     )
     if trainer.is_world_process_zero():
         record = {k: v for k, v in asdict(result).items() if k != "checkpoint_dir"}

@@ -2,23 +2,38 @@
 vLLM for CPUs serving the embedded model as the generator Deployment (exported from its GGUF
 file by an init container), the pipeline Job's stages in the worker image against it, the
 training Job's two pods under torchrun over gloo, and the evaluation Job with the report.
+
+The one run also goes through two faults, as a cluster deals them: the operator's pod is
+deleted while the pipeline runs, and a training pod is deleted once training has written a
+checkpoint. The run must still succeed, with no child created twice and nothing finished
+redone. The tests below share the run and each assert one part of what a user would check.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from cluster_env import REPO, Cluster
+from spa_core.stages.manifest import MANIFEST
 from waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 EXAMPLE = REPO / "examples" / "cluster-cpu.yaml"
+DOC = yaml.safe_load(EXAMPLE.read_text())
+NAME = DOC["metadata"]["name"]
+SPEC = DOC["spec"]
 RELEASE_NAMESPACE = "spa-run-system"
+OPERATOR_SELECTOR = "app.kubernetes.io/name=spa-operator"
+RUN_SELECTOR = f"alignment.spa.dev/run={NAME}"
 #: The uid the worker and trainer images run as.
 IMAGE_UID = 65532
 
@@ -42,38 +57,164 @@ def operator(cluster: Cluster) -> Iterator[str]:
                  timeout=300)
 
 
-def test_the_cluster_cpu_example_runs_to_succeeded(cluster: Cluster, operator: str,
-                                                  namespace: str) -> None:
-    volume = cluster.run_volume(namespace, IMAGE_UID)
+@dataclass
+class Run:
+    """What the faulted run left to check."""
+
+    namespace: str
+    volume: Path
+    status: dict[str, Any] = field(default_factory=dict)
+    #: uid of each child, as the first operator had created them when its pod was deleted.
+    before_operator_restart: dict[str, str] = field(default_factory=dict)
+    operator_pods: tuple[str, str] = ("", "")
+    killed_training_pod: str = ""
+    checkpoint_at_kill: str = ""
+
+
+def _children(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
+    items = json.loads(cluster.kubectl("-n", namespace, "get", "deploy,job,svc,configmap",
+                                       "-l", RUN_SELECTOR, "-o", "json"))["items"]
+    return {f"{o['kind']}/{o['metadata']['name']}": o for o in items}
+
+
+def _operator_pod(cluster: Cluster) -> str:
+    """The running, ready operator pod ('' while there is none)."""
+    pods = json.loads(cluster.kubectl("-n", RELEASE_NAMESPACE, "get", "pods", "-l",
+                                      OPERATOR_SELECTOR, "-o", "json"))["items"]
+    for pod in pods:
+        ready = any(c["type"] == "Ready" and c["status"] == "True"
+                    for c in pod["status"].get("conditions", []))
+        if ready and not pod["metadata"].get("deletionTimestamp"):
+            return str(pod["metadata"]["name"])
+    return ""
+
+
+def _restart_operator(cluster: Cluster, run: Run) -> None:
+    """Delete the operator's pod while the pipeline runs; wait for its replacement."""
+    old = _operator_pod(cluster)
+    run.before_operator_restart = {k: o["metadata"]["uid"]
+                                   for k, o in _children(cluster, run.namespace).items()}
+    cluster.kubectl("-n", RELEASE_NAMESPACE, "delete", "pod", old, "--wait=true", timeout=180)
+    new = wait_for("a new operator pod", lambda: _operator_pod(cluster), 300,
+                   lambda: cluster.describe(RELEASE_NAMESPACE))
+    run.operator_pods = (old, new)
+
+
+def _complete_checkpoint(run: Run) -> str:
+    """The last `checkpoint-N` the trainer has finished writing (trainer_state.json is last)."""
+    train = run.volume / "runs" / NAME / "iter-00" / "train"
+    done = [p.parent.name for p in train.glob("checkpoint-*/trainer_state.json")]
+    return max(done, key=lambda n: int(n.split("-")[1]), default="")
+
+
+def _kill_training_pod(cluster: Cluster, run: Run, checkpoint: str) -> None:
+    """Delete the second node's pod of the first training attempt, as a lost node would."""
+    pods = json.loads(cluster.kubectl(
+        "-n", run.namespace, "get", "pods", "-l", f"job-name={NAME}-train-0",
+        "-o", "json"))["items"]
+    (rank1,) = [p["metadata"]["name"] for p in pods
+                if p["metadata"]["annotations"].get(
+                    "batch.kubernetes.io/job-completion-index") == "1"]
+    cluster.kubectl("-n", run.namespace, "delete", "pod", rank1, "--grace-period=5",
+                    "--wait=false")
+    run.killed_training_pod, run.checkpoint_at_kill = rank1, checkpoint
+
+
+@pytest.fixture(scope="module")
+def run(cluster: Cluster, operator: str) -> Iterator[Run]:
+    namespace = f"t-run-{int(time.time())}"
+    cluster.kubectl("create", "namespace", namespace)
+    faulted = Run(namespace, cluster.run_volume(namespace, IMAGE_UID))
     cluster.kubectl("-n", namespace, "apply", "-f", str(EXAMPLE))
-    name = yaml.safe_load(EXAMPLE.read_text())["metadata"]["name"]
 
-    def finished() -> dict | None:
-        run = cluster.get("spar", name, namespace) or {}
-        status = run.get("status", {})
-        return status if status.get("phase") in ("Succeeded", "Failed") else None
+    def progress() -> dict[str, Any] | None:
+        """Deal each fault once its moment comes; the run's status once it has finished."""
+        status = (cluster.get("spar", NAME, namespace) or {}).get("status", {})
+        if status.get("phase") in ("Succeeded", "Failed"):
+            return status
+        if not faulted.operator_pods[0] and status.get("stage") == "Pipeline" and \
+                f"Job/{NAME}-pipeline-0" in _children(cluster, namespace):
+            _restart_operator(cluster, faulted)
+        elif not faulted.killed_training_pod and status.get("stage") == "Training" and \
+                (checkpoint := _complete_checkpoint(faulted)):
+            _kill_training_pod(cluster, faulted, checkpoint)
+        return None
 
-    status = wait_for("the run to finish", finished, 3000,
-                      lambda: cluster.describe(namespace), interval=5)
+    faulted.status = wait_for("the run to finish", progress, 3000,
+                              lambda: cluster.describe(namespace), interval=1)
+    yield faulted
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false")
+
+
+def _events(cluster: Cluster, namespace: str, reason: str) -> list[str]:
+    """Messages of the run's events with `reason`, once per occurrence."""
+    items = json.loads(cluster.kubectl("-n", namespace, "get", "events", "--field-selector",
+                                       f"involvedObject.name={NAME},reason={reason}",
+                                       "-o", "json"))["items"]
+    return [e["message"] for e in items for _ in range(e.get("count") or 1)]
+
+
+def test_the_cluster_cpu_example_runs_to_succeeded(cluster: Cluster, run: Run) -> None:
+    status = run.status
     assert status["phase"] == "Succeeded", json.dumps(status, indent=2) + cluster.describe(
-        namespace)
+        run.namespace)
 
     # Counts in status come from the stages' termination messages, written in the pods.
     counts = status["counts"]
-    spec = yaml.safe_load(EXAMPLE.read_text())["spec"]
-    assert counts["prompts"] == spec["prompts"]["count"]
-    assert counts["samples"] == spec["prompts"]["count"] * spec["sampling"]["numSamples"]
+    assert counts["prompts"] == SPEC["prompts"]["count"]
+    assert counts["samples"] == SPEC["prompts"]["count"] * SPEC["sampling"]["numSamples"]
     assert counts["pairs"] > 0
-    run_dir = volume / "runs" / name
+    run_dir = run.volume / "runs" / NAME
     assert (run_dir / "iter-00" / "pairs" / "pairs.parquet").is_file()
     assert (run_dir / "iter-00" / "train" / "checkpoint-final" / "config.json").is_file()
     assert (run_dir / "report" / "report.html").is_file()
 
-    table = cluster.kubectl("-n", namespace, "get", "spar", name)
+    table = cluster.kubectl("-n", run.namespace, "get", "spar", NAME)
     assert "Succeeded" in table and str(counts["pairs"]) in table
 
-    cluster.kubectl("-n", namespace, "delete", "spar", name, "--wait=true", timeout=300)
+
+def test_a_deleted_operator_pod_is_replaced_and_creates_no_child_twice(
+        cluster: Cluster, run: Run) -> None:
+    old, new = run.operator_pods
+    assert old and new and old != new, "the operator's pod was never deleted"
+    # Children that the first operator had made and that the run still has are the same
+    # objects: the new operator found them instead of making them again.
+    after = {k: o["metadata"]["uid"] for k, o in _children(cluster, run.namespace).items()}
+    for key, uid in run.before_operator_restart.items():
+        assert after.get(key, uid) == uid, f"{key} was created again"
+    assert f"Job/{NAME}-pipeline-0" in run.before_operator_restart
+    created = _events(cluster, run.namespace, "Created")
+    assert created, "no Created event recorded"
+    assert len(created) == len(set(created)), f"a child was created twice: {sorted(created)}"
+
+
+def test_a_killed_training_pod_restarts_training_from_its_last_checkpoint(
+        cluster: Cluster, run: Run) -> None:
+    assert run.killed_training_pod, "training finished before a checkpoint could be seen"
+    assert run.status["trainingRestarts"] == 1, run.status
+    restarted = _events(cluster, run.namespace, "TrainingRestarted")
+    assert len(restarted) == 1 and f"{NAME}-train-0-r1" in restarted[0], restarted
+    # The failed attempt stays for its logs; the new attempt finished.
+    children = _children(cluster, run.namespace)
+    conditions = {key: {c["type"] for c in o["status"].get("conditions", [])
+                        if c["status"] == "True"}
+                  for key, o in children.items() if key.startswith(f"Job/{NAME}-train-0")}
+    assert "Failed" in conditions[f"Job/{NAME}-train-0"]
+    assert "Complete" in conditions[f"Job/{NAME}-train-0-r1"]
+
+    # Training resumed from a checkpoint on the run's volume, not from step 0, and ran to
+    # the end; the pipeline, already finished, ran once.
+    train = json.loads((run.volume / "runs" / NAME / "iter-00" / "train" /
+                        MANIFEST).read_text())["stats"]
+    killed_at = int(run.checkpoint_at_kill.split("-")[1])
+    assert train["resumed_from_step"] >= killed_at > 0, (train, run.checkpoint_at_kill)
+    assert train["steps"] == SPEC["training"]["maxSteps"]
+    pipeline_pods = cluster.kubectl("-n", run.namespace, "get", "pods", "-l",
+                                    f"job-name={NAME}-pipeline-0", "-o", "name").split()
+    assert len(pipeline_pods) == 1, pipeline_pods
+
+
+def test_deleting_the_run_removes_every_child(cluster: Cluster, run: Run) -> None:
+    cluster.kubectl("-n", run.namespace, "delete", "spar", NAME, "--wait=true", timeout=300)
     wait_for("the run's children to be removed",
-             lambda: cluster.kubectl("-n", namespace, "get", "deploy,job,svc,configmap",
-                                     "-l", f"alignment.spa.dev/run={name}", "-o",
-                                     "name").strip() == "", 180)
+             lambda: not _children(cluster, run.namespace), 180)

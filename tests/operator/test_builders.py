@@ -22,7 +22,7 @@ from spa_operator.builders import (
     build_training_service,
     generator_url,
 )
-from spa_operator.builders.common import QUEUE_LABEL
+from spa_operator.builders.common import COMPONENT_LABEL, QUEUE_LABEL
 from spa_operator.builders.training import COMPLETION_INDEX_ANNOTATION
 from spa_operator.config import OperatorConfig
 from spa_operator.errors import ClusterSpecError
@@ -157,7 +157,13 @@ def test_workload_placement_replaces_the_run_wide_one() -> None:
 def test_jobs_carry_backoff_deadline_and_ttl() -> None:
     for obj in all_children():
         if obj["kind"] == "Job":
-            assert obj["spec"]["backoffLimit"] == 3
+            # Training retries as a group (the operator's restarts), never pod by pod.
+            training = obj["metadata"]["labels"][COMPONENT_LABEL] == "training"
+            assert obj["spec"]["backoffLimit"] == (0 if training else 3)
+            assert obj["spec"]["podReplacementPolicy"] == "Failed"
+            rules = obj["spec"]["podFailurePolicy"]["rules"]
+            assert [r["action"] for r in rules] == ["Ignore", "FailJob"]
+            assert rules[1]["onExitCodes"]["values"] == [2]
             assert obj["spec"]["activeDeadlineSeconds"] == 86400
             assert obj["spec"]["ttlSecondsAfterFinished"] == 3600
             assert pod_spec(obj)["restartPolicy"] == "Never"
@@ -182,8 +188,10 @@ def test_names_are_deterministic_and_distinct_per_iteration() -> None:
 
 def test_longest_allowed_run_name_keeps_every_child_name_a_dns_label() -> None:
     owner = Owner(name="r" * names.MAX_RUN_NAME_LENGTH, namespace="ml", uid="u")
-    spec = make_spec(training={"nodes": 512, "gpusPerNode": 8}, iterations={"count": 100})
+    spec = make_spec(training={"nodes": 512, "gpusPerNode": 8, "maxRestarts": 100},
+                     iterations={"count": 100})
     last = spec.iterations.count - 1
+    restarts = spec.training.max_restarts
     builders = [
         build_spec_config_map(owner, spec, CONFIG),
         build_generator_deployment(owner, spec, CONFIG, last),
@@ -191,11 +199,11 @@ def test_longest_allowed_run_name_keeps_every_child_name_a_dns_label() -> None:
         build_pipeline_job(owner, spec, CONFIG, last),
         build_training_config_map(owner, spec, CONFIG),
         build_training_service(owner, spec, CONFIG, last),
-        build_training_job(owner, spec, CONFIG, last),
+        build_training_job(owner, spec, CONFIG, last, restarts),
         build_evaluation_job(owner, spec, CONFIG, last),
     ]
     lengths = [len(o["metadata"]["name"]) for o in builders]
-    hostname = names.training_pod_hostname(owner.name, last, spec.training.nodes - 1)
+    hostname = names.training_pod_hostname(owner.name, last, spec.training.nodes - 1, restarts)
     assert max([*lengths, len(hostname)]) == names.DNS_LABEL_MAX
 
 

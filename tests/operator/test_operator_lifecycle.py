@@ -49,6 +49,34 @@ def test_a_failed_stage_fails_the_run_with_the_pods_termination_message(
     assert "container score exited with 1" in warnings[0].message
 
 
+def test_a_failed_training_group_restarts_once_then_the_run_goes_on(
+        operator: Any, api_client: Any, namespace: str) -> None:
+    kubelet = Kubelet(api_client, namespace)
+    kubelet.create_run("lost-node", **{**SPEC, "training": {**SPEC["training"],
+                                                            "maxRestarts": 1}})
+    kubelet.make_available("lost-node-generator-0")
+    kubelet.complete("lost-node-pipeline-0")
+    kubelet.fail("lost-node-train-0", "trainer", "RuntimeError: Connection reset by peer")
+
+    wait_for("the second training attempt", lambda: "lost-node-train-0-r1" in job_names(kubelet))
+    status = kubelet.wait_status("lost-node", "a restart in status",
+                                 lambda s: s.get("trainingRestarts") == 1)
+    assert status["phase"] == "Running" and status["stage"] == "Training"
+    warnings = wait_for("a TrainingRestarted event", lambda: [
+        e for e in kubelet.events("lost-node") if e.reason == "TrainingRestarted"])
+    assert warnings[0].type == "Warning"
+    assert "container trainer exited with 1: RuntimeError: Connection reset by peer" in \
+        warnings[0].message
+    # The restart budget (1) is spent: the next failure fails the run, naming both.
+    kubelet.fail("lost-node-train-0-r1", "trainer", "RuntimeError: out of memory")
+    status = kubelet.wait_status("lost-node", "phase Failed", lambda s: s.get("phase") == "Failed")
+    assert "Job lost-node-train-0-r1 failed (BackoffLimitExceeded)" in status["message"]
+    assert "after 1 restart(s)" in status["message"]
+    assert "RuntimeError: out of memory" in status["message"]
+    assert job_names(kubelet) == {"lost-node-pipeline-0", "lost-node-train-0",
+                                  "lost-node-train-0-r1"}
+
+
 def test_suspend_deletes_running_children_and_resume_continues_from_the_finished_stage(
         operator: Any, api_client: Any, namespace: str) -> None:
     kubelet = Kubelet(api_client, namespace)

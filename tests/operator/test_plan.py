@@ -104,6 +104,49 @@ def test_a_failed_job_fails_the_run_naming_it() -> None:
     assert step.ensure == []
 
 
+def test_a_failed_training_group_restarts_as_a_new_attempt_keeping_the_failed_one() -> None:
+    jobs = {"r-pipeline-0": job("Complete"), "r-train-0": job("Failed")}
+    step = plan(OWNER, spec(), CONFIG, 0, Children(jobs=jobs))
+    assert (step.phase, step.stage, step.reason) == ("Running", "Training", "TrainingRestarted")
+    assert kinds(step.ensure)[-1] == "Job/r-train-0-r1"
+    assert step.delete == [] and step.failed_job == "r-train-0"
+    assert step.training_restarts == 1
+    assert "restart 1 of at most 2" in step.message and "BackoffLimitExceeded" in step.message
+    # The new attempt's pods rendezvous under their own Job's name.
+    (env,) = [c["env"] for c in step.ensure[-1]["spec"]["template"]["spec"]["containers"]]
+    assert {"name": "PET_MASTER_ADDR", "value": "r-train-0-r1-0.r-train-0"} in env
+
+    jobs["r-train-0-r1"] = job()
+    step = plan(OWNER, spec(), CONFIG, 0, Children(jobs=jobs))
+    assert (step.reason, step.training_restarts) == ("Training", 1)
+    assert "r-train-0-r1, restart 1" in step.message
+
+
+def test_training_fails_the_run_once_its_restarts_are_used_up() -> None:
+    jobs = {"r-pipeline-0": job("Complete"), "r-train-0": job("Failed"),
+            "r-train-0-r1": job("Failed")}
+    step = plan(OWNER, spec(training={"maxRestarts": 1}), CONFIG, 0, Children(jobs=jobs))
+    assert (step.phase, step.reason, step.failed_job) == ("Failed", "TrainingFailed",
+                                                          "r-train-0-r1")
+    assert "after 1 restart(s)" in step.message
+    assert step.ensure == []
+
+
+def test_a_finished_later_attempt_finishes_training() -> None:
+    jobs = {"r-pipeline-0": job("Complete"), "r-train-0": job("Failed"),
+            "r-train-0-r1": job("Complete")}
+    step = plan(OWNER, spec(), CONFIG, 0, Children(jobs=jobs))
+    assert (step.stage, step.training_restarts) == ("Evaluation", 1)
+
+
+def test_a_usage_error_or_a_deadline_is_not_restarted() -> None:
+    for reason in ("PodFailurePolicy", "DeadlineExceeded"):
+        jobs = {"r-pipeline-0": job("Complete"), "r-train-0": job("Failed", reason)}
+        step = plan(OWNER, spec(), CONFIG, 0, Children(jobs=jobs))
+        assert (step.phase, step.reason) == ("Failed", "TrainingFailed"), reason
+        assert reason in step.message
+
+
 def test_suspend_deletes_running_children_and_keeps_finished_ones() -> None:
     children = Children(deployments={"r-generator-0": available()},
                         jobs={"r-pipeline-0": job(), "r-train-9": job("Complete")})

@@ -20,7 +20,8 @@ from spa_operator.builders.common import (
 )
 from spa_operator.config import OperatorConfig
 
-__all__ = ["build_job", "spec_volume", "stage_args", "stage_env"]
+__all__ = ["USAGE_ERROR_EXIT_CODE", "build_job", "pod_failure_policy", "spec_volume", "stage_args",
+           "stage_env"]
 
 
 def stage_args(stage: str, spec_file: str, st: Storage, iteration: int) -> list[str]:
@@ -54,15 +55,36 @@ def stage_env(spec: RunSpec) -> list[dict[str, Any]]:
     ]
 
 
+#: The exit code of a stage that refuses its input (`spa` exits 2 on a SpecError): a retry
+#: would fail the same way, so the Job fails at once.
+USAGE_ERROR_EXIT_CODE = 2
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """Disruptions (preemption, eviction, a drained or lost node) are retried without counting
+    against backoffLimit; a usage error fails the Job (reason PodFailurePolicy) at once."""
+    return {"rules": [
+        {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        {"action": "FailJob",
+         "onExitCodes": {"operator": "In", "values": [USAGE_ERROR_EXIT_CODE]}},
+    ]}
+
+
 def build_job(owner: Owner, spec: RunSpec, name: str, component: str, iteration: int,
               pod_spec: dict[str, Any], **job_fields: Any) -> dict[str, Any]:
-    """A batch/v1 Job owned by the run, with the run's retry, deadline and TTL settings."""
+    """A batch/v1 Job owned by the run, with the run's retry, deadline and TTL settings.
+
+    A replacement pod starts only once its predecessor has stopped (`podReplacementPolicy:
+    Failed`): two pods of one index never overlap on the run's files or a rendezvous name.
+    """
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": child_metadata(owner, name, component, iteration, spec, workload=True),
         "spec": {
             **job_spec_limits(spec),
+            "podFailurePolicy": pod_failure_policy(),
+            "podReplacementPolicy": "Failed",
             **job_fields,
             "template": {
                 "metadata": {"labels": pod_labels(owner, component, iteration)},

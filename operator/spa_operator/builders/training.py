@@ -73,9 +73,9 @@ def build_training_service(owner: Owner, spec: RunSpec, config: OperatorConfig,
 
 
 def torchrun_env(owner: Owner, spec: RunSpec, config: OperatorConfig,
-                 iteration: int) -> list[dict[str, Any]]:
+                 iteration: int, attempt: int) -> list[dict[str, Any]]:
     """PET_* variables, as Kubeflow's trainer sets them for torchrun."""
-    job = names.training_job(owner.name, iteration)
+    job = names.training_job(owner.name, iteration, attempt)
     service = names.training_service(owner.name, iteration)
     tr = spec.training
     return [
@@ -89,8 +89,15 @@ def torchrun_env(owner: Owner, spec: RunSpec, config: OperatorConfig,
 
 
 def build_training_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
-                       iteration: int) -> dict[str, Any]:
-    """Indexed Job `<run>-train-<i>`: `training.nodes` pods running `torchrun ... spa train`."""
+                       iteration: int, attempt: int = 0) -> dict[str, Any]:
+    """Indexed Job `<run>-train-<i>[-r<attempt>]`: `training.nodes` pods running `torchrun
+    ... spa train`.
+
+    The pods run as one group: torchrun's ranks cannot go on without one of theirs, so the
+    first counted pod failure fails the Job (backoffLimit 0; an evicted rank's peers fail
+    with it) and the operator restarts the whole group as a new attempt, which resumes from
+    the last checkpoint on the run's storage (JobSet's failurePolicy.maxRestarts, with
+    `training.maxRestarts`)."""
     tr = spec.training
     st = storage(owner, spec, config)
     spec_vol, spec_mount = spec_volume(owner, config)
@@ -109,7 +116,7 @@ def build_training_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
         "args": stage_args("train", spec_path(config, TRAINER_SPEC_KEY), st, iteration),
         "env": [
             *stage_env(spec),
-            *torchrun_env(owner, spec, config, iteration),
+            *torchrun_env(owner, spec, config, iteration, attempt),
             {"name": DISTRIBUTED_CONFIG_ENV, "value": dist_file},
         ],
         "envFrom": st.env_from,
@@ -136,6 +143,7 @@ def build_training_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
         ],
     }
     return build_job(
-        owner, spec, names.training_job(owner.name, iteration), COMPONENT, iteration, pod_spec,
-        completionMode="Indexed", completions=tr.nodes, parallelism=tr.nodes,
+        owner, spec, names.training_job(owner.name, iteration, attempt), COMPONENT, iteration,
+        pod_spec, completionMode="Indexed", completions=tr.nodes, parallelism=tr.nodes,
+        backoffLimit=0,
     )
