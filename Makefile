@@ -13,6 +13,9 @@ export UV ?= $(SPA_CACHE)/uv/$(UV_VERSION)/bin/uv
 # proxy with its own root works with no SSL_CERT_FILE in the environment).
 export UV_SYSTEM_CERTS ?= 1
 RUN := $(UV) run --no-sync
+# pytest workers in `make test`: the one-node cluster's tests (mostly waiting on pods) run on
+# one while the others run on the second.
+TEST_WORKERS ?= 2
 
 .PHONY: help setup setup-run tools run test lint test-fast test-rust test-operator test-cluster kube-testenv cluster-env crds bench bench-train images clean
 
@@ -36,7 +39,7 @@ test: ## Set up, then run every test suite (Rust, Python, operator, the one-node
 	@scripts/phase.sh cluster-env $(MAKE) --no-print-directory cluster-env
 	@scripts/phase.sh lint $(MAKE) --no-print-directory lint
 	@scripts/phase.sh rust-tests bash -c 'cd rust && cargo test --workspace --exclude spa-py --quiet'
-	@scripts/phase.sh python-tests env SPA_REQUIRE_KUBE=1 SPA_REQUIRE_CLUSTER=1 $(RUN) pytest
+	@scripts/phase.sh python-tests env SPA_REQUIRE_KUBE=1 SPA_REQUIRE_CLUSTER=1 $(RUN) pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: ## Rust format and clippy; the native module's stub against the module; the Dockerfile
 	cd rust && cargo fmt --all --check && cargo clippy --workspace --all-targets --quiet -- -D warnings

@@ -14,6 +14,20 @@ import pytest
 
 SERVER_START_TIMEOUT = 120.0
 
+#: Session fixtures that start something big (the one-node cluster, the API server, llama.cpp's
+#: server), and the xdist group of the tests that use each: under `pytest -n N --dist
+#: loadgroup` (what `make test` runs) a group stays on one worker, so each starts once.
+SHARED_FIXTURES = {"cluster": "cluster", "kube": "kube", "llama_server": "llama-server"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = next((g for f, g in SHARED_FIXTURES.items()
+                      if f in getattr(item, "fixturenames", ())), None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
