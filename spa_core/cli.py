@@ -15,11 +15,17 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from spa_core.models import GPUsUnavailable
 from spa_core.rundir import RunDir
 from spa_core.spec import SPAAlignmentRun, SpecError, load_run
 from spa_core.stages import STAGES, StageContext, stage_function
 from spa_core.summary import summary_table
-from spa_core.termination import evaluation_headline, stage_counts, write_termination_message
+from spa_core.termination import (
+    USAGE_ERROR_EXIT_CODE,
+    evaluation_headline,
+    stage_counts,
+    write_termination_message,
+)
 
 app = typer.Typer(
     name="spa",
@@ -48,7 +54,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from spa_core.stages.train import NoPairs
 
     return (SpecError, BadPromptRows, ConfigMismatch, BackendUnavailable, NoPairs,
-            FileNotFoundError)
+            GPUsUnavailable, FileNotFoundError)
 
 
 def _terminate_with(text: str) -> None:
@@ -60,7 +66,8 @@ def _terminate_with(text: str) -> None:
 def _fail(exc: BaseException) -> None:
     console.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
     _terminate_with(f"error: {exc}")
-    raise typer.Exit(2 if isinstance(exc, SpecError) else 1)
+    raise typer.Exit(USAGE_ERROR_EXIT_CODE if isinstance(exc, SpecError | GPUsUnavailable)
+                     else 1)
 
 
 def _context(spec_path: Path, run_dir: str | None, iteration: int, force: bool) -> StageContext:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EMBEDDED_GGUF",
     "EMBEDDED_PACKAGE",
+    "GPUsUnavailable",
     "ModelNotFound",
     "cpu_budget",
     "embedded_model_dir",
@@ -32,6 +33,7 @@ __all__ = [
     "resolve_dtype",
     "resolve_model",
     "setup_cpu_threads",
+    "training_device",
 ]
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,47 @@ def resolve_device(device: str | None = None) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class GPUsUnavailable(RuntimeError):
+    """GPUs were asked for and fewer are usable: a retry on the same node cannot cure it."""
+
+
+def training_device(gpus_per_node: int | None) -> str:
+    """The trainer's device for `training.gpusPerNode`: unset picks a visible GPU (a laptop's
+    `spa run`), 0 is the CPU, N > 0 needs N usable GPUs and never falls back to the CPU."""
+    if gpus_per_node is None:
+        return resolve_device(None)
+    if gpus_per_node == 0:
+        return "cpu"
+    _before_torch()
+    import torch
+
+    usable = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if usable < gpus_per_node:
+        raise GPUsUnavailable(f"training.gpusPerNode is {gpus_per_node}, but {usable} GPU(s) "
+                              f"are usable here; {_cuda_diagnosis()}")
+    return "cuda"
+
+
+def _cuda_diagnosis() -> str:
+    """Why CUDA is not usable, for the error: driver and runtime versions, CUDA's own error."""
+    import torch
+
+    driver = Path("/proc/driver/nvidia/version")
+    parts = [f"torch {torch.__version__} built for CUDA {torch.version.cuda}"
+             if torch.version.cuda else f"torch {torch.__version__} is a CPU-only build",
+             f"NVIDIA driver: {driver.read_text().splitlines()[0].strip()}"
+             if driver.is_file() else "no NVIDIA driver loaded (/proc/driver/nvidia/version "
+             "is missing: is the pod on a GPU node, with the NVIDIA container runtime?)"]
+    for var in ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"):
+        if var in os.environ:
+            parts.append(f"{var}={os.environ[var]!r}")
+    try:
+        torch.cuda.init()
+    except Exception as exc:  # noqa: BLE001 - its message is the diagnosis
+        parts.append(f"CUDA: {str(exc).strip()}")
+    return "; ".join(parts)
 
 
 def resolve_dtype(

@@ -281,8 +281,10 @@ class TrainingSpec(_Spec):
     """Training seed."""
     nodes: Annotated[int, Field(ge=1, le=512)] = 1
     """Training nodes (cluster runs)."""
-    gpus_per_node: Annotated[int, Field(ge=0, le=16)] = 0
-    """GPUs per node; 0 trains on the CPU."""
+    gpus_per_node: Annotated[int | None, Field(ge=0, le=16)] = None
+    """GPUs per training node; 0 trains on CPUs. Required in a cluster (the operator rejects a
+    run without it, so that a forgotten field never means CPU training); `spa run` uses a
+    visible GPU when unset. Training that asked for GPUs and finds none fails at once."""
     strategy: Literal["fsdp", "deepspeed"] = "fsdp"
     """Sharding strategy for multi-GPU training."""
     report_to: Annotated[
@@ -343,6 +345,9 @@ class GeneratorSpec(_Spec):
     """vLLM --max-model-len."""
     extra_args: Annotated[list[Annotated[str, Field(max_length=512)]], Field(max_length=64)] = []
     """More vLLM server arguments, after the operator's (on CPU nodes: `--enforce-eager`)."""
+    start_deadline_seconds: Annotated[int, Field(ge=60, le=86_400)] = 3600
+    """Cluster runs: how long the vLLM Deployment may take to pass its /health check (image
+    pull, model download, loading) before the run fails, naming what its pods wait for."""
     scale_down_after_use: bool = True
     """Delete the generator once sampling and scoring are done, freeing GPUs for training."""
 
@@ -423,7 +428,8 @@ class SchedulingSpec(_Spec):
     active_deadline_seconds: Annotated[int | None, Field(ge=1, le=31_536_000)] = None
     """Wall-clock limit of each child Job; none when unset."""
     ttl_seconds_after_finished: Annotated[int | None, Field(ge=0, le=31_536_000)] = None
-    """Delete finished child Jobs after this many seconds; kept with the run when unset."""
+    """Delete the run, and with it every child, this many seconds after it finished (its
+    artifacts stay on storage); kept when unset. Child Jobs never expire on their own."""
     generator: WorkloadSpec = WorkloadSpec()
     """Overrides for the vLLM generator pods."""
     pipeline: WorkloadSpec = WorkloadSpec()
@@ -463,6 +469,9 @@ class RunSpec(_Spec):
     """Cluster placement."""
     suspend: bool = False
     """Pause the run (cluster): running children are deleted, artifacts kept."""
+    active_deadline_seconds: Annotated[int | None, Field(ge=60, le=31_536_000)] = None
+    """Cluster runs: the longest the whole run may take from its start (suspended time
+    included); then it fails, naming the stage it was in, and gives its GPUs back."""
 
     @property
     def variation_probability(self) -> float:

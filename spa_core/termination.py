@@ -12,10 +12,13 @@ from pathlib import Path
 
 from spa_core.rundir import RunDir
 
-__all__ = ["TERMINATION_LOG_ENV", "evaluation_headline", "stage_counts",
-           "write_termination_message"]
+__all__ = ["TERMINATION_LOG_ENV", "USAGE_ERROR_EXIT_CODE", "evaluation_headline",
+           "stage_counts", "write_termination_message"]
 
 TERMINATION_LOG_ENV = "SPA_TERMINATION_LOG"
+#: A stage's exit code when it fails in a way no retry cures (a spec it refuses, GPUs asked for
+#: and missing): the operator's Jobs fail at once on it rather than retry.
+USAGE_ERROR_EXIT_CODE = 2
 #: Kubernetes keeps at most 4096 bytes of a container's termination message.
 LIMIT = 4096
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +19,10 @@ import pytest
 import yaml
 
 SPA = [sys.executable, "-m", "spa_core.cli"]
+#: The training Job's entry point (torchrun that keeps a rank's usage-error exit code).
+SPA_TORCHRUN = [str(Path(sys.executable).parent / "spa-torchrun"), "--standalone",
+                "--nproc-per-node", "1", "--no-python"]
+RECORDED_RUN = Path(__file__).resolve().parent / "data" / "recorded-run"
 
 
 def write_spec(path: Path, **spec: object) -> Path:
@@ -71,6 +76,39 @@ def test_a_stage_leaves_its_counts_or_its_error_as_the_termination_message(
     out = spa("score", spec, "--run-dir", tmp_path / "run", env=env)
     assert out.returncode == 1
     assert log.read_text().startswith("error: ") and "run `spa sample` first" in log.read_text()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_training_that_asked_for_gpus_and_finds_none_fails_at_once_under_torchrun(
+        tmp_path: Path) -> None:
+    """What a training pod does on a node whose GPUs are not usable: no silent CPU fallback;
+    exit code 2 (the Job's pod failure policy fails it at once), the versions in the message."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(RECORDED_RUN, run_dir)
+    doc = json.loads((RECORDED_RUN / "spec.json").read_text())
+    doc["spec"]["training"]["gpusPerNode"] = 1
+    spec = tmp_path / "run.yaml"
+    spec.write_text(yaml.safe_dump(doc))
+    log = tmp_path / "termination-log"
+    out = subprocess.run([*SPA_TORCHRUN, *SPA, "train", str(spec), "--run-dir", str(run_dir),
+                          "--force"], capture_output=True, text=True, timeout=300, check=False,
+                         env={**os.environ, "SPA_TERMINATION_LOG": str(log)})
+    assert out.returncode == 2, out.stderr[-3000:]
+    message = log.read_text()
+    assert message.startswith("error: training.gpusPerNode is 1, but 0 GPU(s) are usable"), \
+        message
+    assert "torch " in message and "NVIDIA driver" in message
+    assert not (run_dir / "iter-00" / "train" / "checkpoint-final").exists()
+
+
+def test_a_rank_that_fails_otherwise_makes_torchrun_exit_1() -> None:
+    """A lost peer or a crash: exit 1, so the operator restarts the group from a checkpoint."""
+    out = subprocess.run([*SPA_TORCHRUN, sys.executable, "-c", "raise SystemExit(3)"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 1, out.stderr[-3000:]
+    out = subprocess.run([*SPA_TORCHRUN, sys.executable, "-c", "pass"],
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
 
 
 def test_unreachable_server_is_a_clear_error_and_nothing_is_marked_done(tmp_path: Path) -> None:

@@ -119,6 +119,24 @@ def test_train_fails_on_missing_columns_before_loading_the_model(tmp_path):
         run(str(path), str(tmp_path / "no-such-model"), tmp_path / "out", spec())
 
 
+def test_gpus_per_node_decides_the_device_and_never_falls_back_to_the_cpu(tmp_path):
+    import torch
+
+    from spa_core.models import GPUsUnavailable, resolve_device, training_device
+
+    assert training_device(None) == resolve_device(None)  # `spa run`: what is visible
+    assert training_device(0) == "cpu"  # asked for explicitly, even where a GPU is visible
+    usable = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(GPUsUnavailable, match=rf"gpusPerNode is {usable + 1}, but {usable} GPU"):
+        training_device(usable + 1)
+    # train() checks before it reads the pairs or loads the model.
+    from spa_core.training import train
+
+    with pytest.raises(GPUsUnavailable):
+        train(str(tmp_path / "no-pairs.parquet"), model_path=str(tmp_path / "no-such-model"),
+              gguf_file=None, output_dir=str(tmp_path / "out"), spec=spec(gpus_per_node=usable + 1))
+
+
 # --- trainer ------------------------------------------------------------------------
 
 

@@ -7,6 +7,8 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from spa_core.spec import API_GROUP
+from spa_operator import crd
 from spa_operator.builders.common import RUN_LABEL
 from spa_operator.plan import Children
 
@@ -24,6 +26,7 @@ class Cluster:
         self.apps = client.AppsV1Api(api_client)
         self.batch = client.BatchV1Api(api_client)
         self.networking = client.NetworkingV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
 
     def _dict(self, obj: Any) -> dict[str, Any]:
         return self.api.sanitize_for_serialization(obj)
@@ -32,9 +35,11 @@ class Cluster:
         selector = f"{RUN_LABEL}={run}"
         deployments = self.apps.list_namespaced_deployment(namespace, label_selector=selector)
         jobs = self.batch.list_namespaced_job(namespace, label_selector=selector)
+        pods = self.core.list_namespaced_pod(namespace, label_selector=selector)
         return Children(
             deployments={d.metadata.name: self._dict(d) for d in deployments.items},
             jobs={j.metadata.name: self._dict(j) for j in jobs.items},
+            pods={p.metadata.name: self._dict(p) for p in pods.items},
         )
 
     def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
@@ -59,12 +64,18 @@ class Cluster:
             raise
         return True
 
+    def _delete_run(self, name: str, namespace: str, **options: Any) -> None:
+        self.custom.delete_namespaced_custom_object(API_GROUP, crd.VERSION, namespace,
+                                                    crd.RUN_PLURAL, name, **options)
+
     def delete(self, namespace: str, kind: str, name: str) -> bool:
-        """Delete a child and (in the background) its pods; False when already gone."""
+        """Delete a child (or a run) and, in the background, what it owns; False when already
+        gone."""
         delete = {
             "Deployment": self.apps.delete_namespaced_deployment,
             "Job": self.batch.delete_namespaced_job,
             "Service": self.core.delete_namespaced_service,
+            crd.RUN_KIND: self._delete_run,
         }[kind]
         try:
             delete(name, namespace, propagation_policy="Background")

@@ -49,6 +49,8 @@ class OperatorConfig:
     """Port of the Prometheus /metrics endpoint (0: none; the chart sets 8080)."""
     network_policy: bool = False
     """Give each run's generator a NetworkPolicy admitting only the run's pipeline pods."""
+    reconcile_seconds: int = 10
+    """Seconds between two resync passes over every run and schedule."""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> OperatorConfig:

@@ -28,7 +28,9 @@ from spa_operator.status import RunStatus, ScheduleStatus
 
 __all__ = [
     "CRD_FILES",
+    "RUN_KIND",
     "RUN_PLURAL",
+    "SCHEDULE_KIND",
     "SCHEDULE_PLURAL",
     "VERSION",
     "all_crds",
@@ -40,6 +42,7 @@ __all__ = [
 ]
 
 VERSION = "v1alpha1"
+RUN_KIND, SCHEDULE_KIND = "SPAAlignmentRun", "SPAAlignmentSchedule"
 RUN_PLURAL = "spaalignmentruns"
 SCHEDULE_PLURAL = "spaalignmentschedules"
 _DNS_LABEL_STARTING_WITH_LETTER = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
@@ -96,6 +99,13 @@ def _name_rules(max_length: int, what: str) -> list[dict[str, Any]]:
               f"metadata.name must be at most {max_length} characters, so that the names of "
               f"the {what}'s children fit 63"),
     ]
+
+
+def _gpus_per_node_set(path: str) -> dict[str, Any]:
+    """CEL: `path`.training.gpusPerNode is set (optional for `spa run`, required here)."""
+    return _rule(f"has({path}.training) && has({path}.training.gpusPerNode)",
+                 f"{path.removeprefix('self.')}.training.gpusPerNode is required in a cluster: "
+                 "the GPUs of each training node, or 0 to train on CPUs")
 
 
 def _spec_unchanged_except(field: str) -> str:
@@ -181,11 +191,13 @@ def _crd(kind: str, plural: str, short: str, schema: dict[str, Any],
 
 def run_crd() -> dict[str, Any]:
     """The SPAAlignmentRun CRD."""
-    rules = [*_name_rules(MAX_RUN_NAME_LENGTH, "run"), _immutable_once_started()]
+    rules = [*_name_rules(MAX_RUN_NAME_LENGTH, "run"), _immutable_once_started(),
+             _gpus_per_node_set("self.spec")]
     schema = _object_schema(
         RunSpec, RunStatus, rules,
         "An SPA (Self-Priority Alignment) run: sample, self-score, refine, denoise, pair and "
         "train a model, on the cluster's GPUs.")
+    schema["required"] = ["spec"]  # at least spec.training.gpusPerNode
     columns = [
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Iteration", "type": "integer", "jsonPath": ".status.iteration"},
@@ -196,13 +208,15 @@ def run_crd() -> dict[str, Any]:
         {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
-    return _crd("SPAAlignmentRun", RUN_PLURAL, "spar", schema, columns)
+    return _crd(RUN_KIND, RUN_PLURAL, "spar", schema, columns)
 
 
 def schedule_crd() -> dict[str, Any]:
     """The SPAAlignmentSchedule CRD."""
     schema = _object_schema(
-        ScheduleSpec, ScheduleStatus, _name_rules(MAX_SCHEDULE_NAME_LENGTH, "schedule"),
+        ScheduleSpec, ScheduleStatus,
+        [*_name_rules(MAX_SCHEDULE_NAME_LENGTH, "schedule"),
+         _gpus_per_node_set("self.spec.runTemplate")],
         "A cron schedule of SPAAlignmentRuns (recurring alignment); each run can start from "
         "the model of the last successful one.")
     schema["required"] = ["spec"]
@@ -213,7 +227,7 @@ def schedule_crd() -> dict[str, Any]:
         {"name": "Last Success", "type": "string", "jsonPath": ".status.lastSuccessfulRun"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ]
-    return _crd("SPAAlignmentSchedule", SCHEDULE_PLURAL, "spas", schema, columns)
+    return _crd(SCHEDULE_KIND, SCHEDULE_PLURAL, "spas", schema, columns)
 
 
 def all_crds() -> list[dict[str, Any]]:

@@ -6,8 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["JobState", "deployment_available", "evaluation_headline", "job_state",
-           "pipeline_counts", "pod_failure"]
+__all__ = ["JobState", "Trouble", "deployment_available", "evaluation_headline", "job_state",
+           "pipeline_counts", "pod_failure", "trouble"]
 
 JobPhase = Literal["Absent", "Running", "Succeeded", "Failed"]
 
@@ -104,3 +104,58 @@ def evaluation_headline(pods: list[dict[str, Any]], container: str) -> dict[str,
     return {k: float(v) for k, v in data.items()
             if k in EVALUATION_KEYS and isinstance(v, int | float)} if isinstance(data, dict) \
         else {}
+
+
+@dataclass(frozen=True)
+class Trouble:
+    """Why a child does not progress: a reason (CamelCase, the pod's own) and a message."""
+
+    reason: str
+    message: str
+
+
+#: Waiting reasons of a container that will not start by itself.
+STUCK_CONTAINER_REASONS = frozenset({
+    "ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull",
+    "CrashLoopBackOff", "CreateContainerConfigError", "CreateContainerError",
+    "RunContainerError"})
+
+
+def _pod_trouble(pod: dict[str, Any]) -> Trouble | None:
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    name = meta.get("name", "?")
+    for cs in (status.get("initContainerStatuses") or []) + \
+            (status.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in STUCK_CONTAINER_REASONS:
+            detail = (waiting.get("message") or "").strip()
+            return Trouble(waiting["reason"], f"pod {name}, container {cs.get('name')}: "
+                           f"{waiting['reason']}" + (f": {detail}" if detail else ""))
+    scheduled = next((c for c in status.get("conditions") or []
+                      if c.get("type") == "PodScheduled"), None)
+    if scheduled and scheduled.get("status") == "False" and \
+            scheduled.get("reason") in ("Unschedulable", "SchedulingGated"):
+        detail = (scheduled.get("message") or "").strip()
+        return Trouble(scheduled["reason"], f"pod {name} is not scheduled"
+                       + (f": {detail}" if detail else f" ({scheduled['reason']})"))
+    return None
+
+
+def trouble(jobs: list[dict[str, Any]], pods: list[dict[str, Any]]) -> Trouble | None:
+    """The first thing that keeps the run's children from progressing on their own: a Job
+    suspended (Kueue has not admitted it), a pod that cannot be scheduled (no node has the
+    GPUs, an unbound PersistentVolumeClaim, a scheduling gate), a container that cannot start
+    (an image that cannot be pulled, a missing Secret) or keeps crashing. None when all is
+    moving."""
+    for job in jobs:
+        if job_state(job).phase == "Running" and (job.get("spec") or {}).get("suspend"):
+            name = (job.get("metadata") or {}).get("name", "?")
+            queue = ((job.get("metadata") or {}).get("labels") or {}).get(
+                "kueue.x-k8s.io/queue-name")
+            return Trouble("Suspended", f"Job {name} is suspended"
+                           + (f": waiting for Kueue to admit it (queue {queue})" if queue
+                              else ""))
+    pods = sorted(pods, key=lambda p: (p.get("metadata") or {}).get("name") or "")
+    return next((t for p in pods if (t := _pod_trouble(p)) is not None), None)

@@ -2,22 +2,25 @@
 
 `plan` is pure. It never looks at what the operator did before, only at what exists, so
 re-running it (after a crash, a restart, a missed event) gives the same answer and creates
-no duplicates. Finished Jobs are the run's memory: a completed iteration stays completed.
+no duplicates. What a run has finished is remembered twice: by its finished Jobs while they
+exist, and by its status (`Progress`), so a finished Job that goes (a user's cleanup, a TTL) is
+never redone and never sends the run back to an earlier stage.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 from spa_core.spec import RunSpec
 from spa_operator import builders, names
 from spa_operator.builders import Owner
 from spa_operator.config import OperatorConfig
-from spa_operator.observe import deployment_available, job_state
-from spa_operator.status import RunPhase, RunStage
+from spa_operator.observe import JobState, Trouble, deployment_available, job_state
+from spa_operator.status import JobStage, RunPhase, RunStage
 
-__all__ = ["Children", "Step", "plan"]
+__all__ = ["Children", "Progress", "Step", "plan", "with_deadlines"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,25 @@ class Children:
 
     deployments: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What the run's status remembers of its current iteration."""
+
+    iteration: int = 0
+    """The current iteration: a lower bound, earlier ones are finished."""
+    finished: frozenset[JobStage] = frozenset()
+    """Stages of `iteration` whose Job succeeded (the Job itself may be gone since)."""
+    training_restarts: int = 0
+    """Restarts of `iteration`'s training group so far: a lower bound of its latest attempt."""
+
+    @classmethod
+    def from_status(cls, status: dict[str, Any]) -> Progress:
+        return cls(iteration=status.get("iteration") or 0,
+                   finished=frozenset(status.get("finishedStages") or ()),
+                   training_restarts=status.get("trainingRestarts") or 0)
 
 
 @dataclass
@@ -45,7 +67,9 @@ class Step:
     """The Job whose failure failed the run, or made it restart training (its pods hold the
     termination message)."""
     training_restarts: int | None = None
-    """Restarts of this iteration's training group so far (from Training on)."""
+    """Restarts of this iteration's training group so far (the latest attempt when None)."""
+    finished: list[JobStage] = field(default_factory=list)
+    """Stages of this iteration whose Job succeeded, for the status to remember."""
 
 
 def _stale_generators(owner: Owner, children: Children, keep: str | None) -> list[tuple[str, str]]:
@@ -59,23 +83,28 @@ def _unfinished_jobs(children: Children) -> list[tuple[str, str]]:
             if job_state(job).phase == "Running"]
 
 
-def plan(owner: Owner, spec: RunSpec, config: OperatorConfig, iteration: int,
+def plan(owner: Owner, spec: RunSpec, config: OperatorConfig, progress: Progress,
          children: Children) -> Step:
-    """The next step of the run at `iteration` (the status' lower bound; finished ones skip)."""
+    """The next step of the run, from what its status remembers and what exists."""
+    iteration = progress.iteration
     if spec.suspend:
+        states = _iteration_states(owner, spec, progress, iteration, children.jobs)
         return Step("Suspended", None, iteration, "Suspended",
                     "spec.suspend is true: running children deleted, artifacts kept",
-                    delete=_stale_generators(owner, children, None) + _unfinished_jobs(children))
+                    delete=_stale_generators(owner, children, None) + _unfinished_jobs(children),
+                    training_restarts=states.attempt, finished=states.finished)
 
     last = spec.iterations.count - 1
     while True:
-        step = _plan_iteration(owner, spec, config, iteration, children)
+        step = _plan_iteration(owner, spec, config, progress, iteration, children)
         if step is not None:
             return step
         if iteration == last:
+            states = _iteration_states(owner, spec, progress, iteration, children.jobs)
             return Step("Succeeded", "Done", iteration, "Succeeded",
                         f"{spec.iterations.count} iteration(s) finished",
-                        delete=_stale_generators(owner, children, None))
+                        delete=_stale_generators(owner, children, None),
+                        training_restarts=states.attempt, finished=states.finished)
         iteration += 1
 
 
@@ -93,17 +122,59 @@ def _training_attempt(owner: Owner, spec: RunSpec, i: int,
     return 0
 
 
-def _plan_iteration(owner: Owner, spec: RunSpec, config: OperatorConfig, i: int,
-                    children: Children) -> Step | None:
+@dataclass(frozen=True)
+class _IterationStates:
+    """Iteration `i`'s Jobs: their states, with what the status remembers folded in."""
+
+    attempt: int
+    pipeline: JobState
+    training: JobState
+    evaluation: JobState
+
+    @property
+    def finished(self) -> list[JobStage]:
+        return [stage for stage, state in (("Pipeline", self.pipeline),
+                                           ("Training", self.training),
+                                           ("Evaluation", self.evaluation))
+                if state.phase == "Succeeded"]
+
+
+def _iteration_states(owner: Owner, spec: RunSpec, progress: Progress, i: int,
+                      jobs: dict[str, dict[str, Any]]) -> _IterationStates:
+    current = i == progress.iteration
+    remembered = progress.finished if current else frozenset()
+    attempt = max(_training_attempt(owner, spec, i, jobs),
+                  progress.training_restarts if current else 0)
+
+    def state(stage: JobStage, name: str) -> JobState:
+        return JobState("Succeeded") if stage in remembered else job_state(jobs.get(name))
+
+    return _IterationStates(
+        attempt=attempt,
+        pipeline=state("Pipeline", names.pipeline_job(owner.name, i)),
+        training=state("Training", names.training_job(owner.name, i, attempt)),
+        evaluation=state("Evaluation", names.evaluation_job(owner.name, i)))
+
+
+def _plan_iteration(owner: Owner, spec: RunSpec, config: OperatorConfig, progress: Progress,
+                    i: int, children: Children) -> Step | None:
     """The step within iteration `i`, or None when the iteration is finished."""
-    jobs = children.jobs
-    attempt = _training_attempt(owner, spec, i, jobs)
+    states = _iteration_states(owner, spec, progress, i, children.jobs)
+    step = _next_in_iteration(owner, spec, config, i, children, states)
+    if step is not None:
+        step.finished = states.finished
+        if step.training_restarts is None:
+            step.training_restarts = states.attempt
+    return step
+
+
+def _next_in_iteration(owner: Owner, spec: RunSpec, config: OperatorConfig, i: int,
+                       children: Children, states: _IterationStates) -> Step | None:
+    attempt, pipeline, training, evaluation = \
+        states.attempt, states.pipeline, states.training, states.evaluation
     pipeline_name = names.pipeline_job(owner.name, i)
     training_name = names.training_job(owner.name, i, attempt)
     evaluation_name = names.evaluation_job(owner.name, i)
-    pipeline = job_state(jobs.get(pipeline_name))
-    training = job_state(jobs.get(training_name))
-    evaluation = job_state(jobs.get(evaluation_name))
     restart = training.phase == "Failed" and training.reason not in _FINAL_JOB_FAILURES \
         and attempt < spec.training.max_restarts
 
@@ -116,8 +187,7 @@ def _plan_iteration(owner: Owner, spec: RunSpec, config: OperatorConfig, i: int,
                 message += f" (after {attempt} restart(s) of training)"
             return Step("Failed", stage, i, f"{stage}Failed", message,
                         delete=_stale_generators(owner, children, None),
-                        failed_job=name,
-                        training_restarts=attempt if stage != "Pipeline" else None)
+                        failed_job=name)
 
     finished = evaluation.phase == "Succeeded" if spec.evaluation.enabled \
         else training.phase == "Succeeded"
@@ -129,8 +199,7 @@ def _plan_iteration(owner: Owner, spec: RunSpec, config: OperatorConfig, i: int,
                     f"evaluating iteration {i} (Job {evaluation_name})",
                     ensure=[builders.build_spec_config_map(owner, spec, config),
                             builders.build_evaluation_job(owner, spec, config, i)],
-                    delete=_stale_generators(owner, children, None),
-                    training_restarts=attempt)
+                    delete=_stale_generators(owner, children, None))
 
     if pipeline.phase == "Succeeded":
         keep = None if spec.generator.scale_down_after_use else \
@@ -157,7 +226,7 @@ def _plan_iteration(owner: Owner, spec: RunSpec, config: OperatorConfig, i: int,
                     f"training iteration {i} on {nodes} (Job {training_name}{restarts})",
                     ensure=[*ensure, builders.build_training_job(owner, spec, config, i,
                                                                  attempt)],
-                    delete=delete, training_restarts=attempt)
+                    delete=delete)
 
     generator_name = names.generator_deployment(owner.name, i)
     ensure = [builders.build_spec_config_map(owner, spec, config),
@@ -178,3 +247,29 @@ def _plan_iteration(owner: Owner, spec: RunSpec, config: OperatorConfig, i: int,
     return Step("Running", "Generator", i, "WaitingForGenerator",
                 f"waiting for vLLM ({generator_name}) to pass its /health check",
                 ensure=ensure, delete=stale)
+
+
+def with_deadlines(step: Step, owner: Owner, spec: RunSpec, children: Children,
+                   started: datetime | None, stage_started: datetime, now: datetime,
+                   trouble: Trouble | None) -> Step:
+    """`step`, or the failure it turns into once the run (`spec.activeDeadlineSeconds`, from
+    `started`) or its generator's start (`generator.startDeadlineSeconds`, from
+    `stage_started`) has run out of time; the failure names what the run was waiting for
+    and gives the GPUs back."""
+    if step.phase != "Running":
+        return step
+    run_limit = spec.active_deadline_seconds
+    start_limit = spec.generator.start_deadline_seconds
+    if run_limit is not None and started is not None and \
+            now - started > timedelta(seconds=run_limit):
+        reason = "DeadlineExceeded"
+        what = f"the run did not finish within spec.activeDeadlineSeconds ({run_limit} s)"
+    elif step.stage == "Generator" and now - stage_started > timedelta(seconds=start_limit):
+        reason = "GeneratorStartTimeout"
+        what = (f"vLLM ({names.generator_deployment(owner.name, step.iteration)}) did not pass "
+                f"its /health check within generator.startDeadlineSeconds ({start_limit} s)")
+    else:
+        return step
+    message = f"{what}; it was {step.message}" + (f"; {trouble.message}" if trouble else "")
+    return replace(step, phase="Failed", reason=reason, message=message, ensure=[],
+                   delete=_stale_generators(owner, children, None) + _unfinished_jobs(children))

@@ -4,27 +4,38 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from spa_core.spec import API_VERSION, RunSpec, SpecError, parse_run
 from spa_core.stages.context import CHECKPOINT, iteration_dir
 from spa_operator import names
-from spa_operator.builders import Owner, storage
+from spa_operator.builders import Owner, storage, training_gpus
 from spa_operator.cluster import Cluster
 from spa_operator.conditions import set_condition
 from spa_operator.config import OperatorConfig
+from spa_operator.crd import RUN_KIND
 from spa_operator.errors import ClusterSpecError, InvalidObject
-from spa_operator.observe import evaluation_headline, pipeline_counts, pod_failure
-from spa_operator.plan import Step, plan
-from spa_operator.timestamps import stamp
+from spa_operator.observe import (
+    Trouble,
+    evaluation_headline,
+    job_state,
+    pipeline_counts,
+    pod_failure,
+    trouble,
+)
+from spa_operator.plan import Progress, Step, plan, with_deadlines
+from spa_operator.timestamps import parse_time, stamp
 
-__all__ = ["RunObject", "reconcile_run"]
+__all__ = ["RETRY_ANNOTATION", "RunObject", "reconcile_run"]
 
 #: post_event(type, reason, message)
 PostEvent = Callable[[str, str, str], None]
 TERMINAL = {"Succeeded", "Failed"}
+#: Set (to any new value) on a failed run to run it again from its finished stages:
+#: `kubectl annotate spar NAME alignment.spa.dev/retry="$(date +%s)" --overwrite`.
+RETRY_ANNOTATION = "alignment.spa.dev/retry"
 
 
 @dataclass(frozen=True)
@@ -37,6 +48,7 @@ class RunObject:
     generation: int
     spec: dict[str, Any]
     status: dict[str, Any]
+    annotations: dict[str, str] = field(default_factory=dict)
 
     @property
     def owner(self) -> Owner:
@@ -57,6 +69,51 @@ def _failed_status(run: RunObject, reason: str, message: str, now: datetime) -> 
             "completionTime": run.status.get("completionTime") or stamp(now)}
 
 
+def _expired(run: RunObject, now: datetime) -> bool:
+    """Whether a finished run has outlived its `scheduling.ttlSecondsAfterFinished`."""
+    if "ttlSecondsAfterFinished" not in (run.spec.get("scheduling") or {}):
+        return False
+    try:
+        ttl = _parse(run).scheduling.ttl_seconds_after_finished
+    except SpecError:  # a run failed for its spec keeps it, and the status that says why
+        return False
+    finished = run.status.get("completionTime")
+    return ttl is not None and finished is not None and \
+        parse_time(finished) + timedelta(seconds=ttl) <= now
+
+
+def _retry(run: RunObject, cluster: Cluster, post_event: PostEvent, token: str,
+           now: datetime) -> dict[str, Any]:
+    """Run a failed run again from its finished stages: its failed Jobs go (a new attempt
+    gets a fresh restart budget), and the next reconciliation carries on from the status."""
+    status = run.status
+    if _ready_reason(status) == "InvalidSpec":
+        message = (f"not retried ({RETRY_ANNOTATION}={token}): the spec itself is invalid and "
+                   "a run's spec cannot change; create a new run (reusing storage.uri keeps "
+                   "what finished)")
+        post_event("Warning", "RetryRefused", message)
+        return {"retriedFor": token}
+    failed = [name for name, job in cluster.children(run.namespace, run.name).jobs.items()
+              if job_state(job).phase == "Failed"]
+    for name in failed:
+        cluster.delete(run.namespace, "Job", name)
+    retries = (status.get("retries") or 0) + 1
+    message = (f"retry {retries} ({RETRY_ANNOTATION}={token}) from the finished stages "
+               f"{status.get('finishedStages') or []} of iteration {status.get('iteration') or 0}"
+               + (f"; deleted the failed Job(s) {', '.join(sorted(failed))}" if failed else ""))
+    post_event("Normal", "Retrying", message)
+    conditions = set_condition(status.get("conditions") or [], "Ready", "False", "Retrying",
+                               message, run.generation, now)
+    return {"phase": "Running", "message": message, "conditions": conditions,
+            "retries": retries, "retriedFor": token, "trainingRestarts": 0,
+            "completionTime": None, "stageStartTime": stamp(now), "lastRetryTime": stamp(now)}
+
+
+def _ready_reason(status: dict[str, Any]) -> str | None:
+    return next((c.get("reason") for c in status.get("conditions") or []
+                 if c.get("type") == "Ready"), None)
+
+
 def reconcile_run(run: RunObject, cluster: Cluster, config: OperatorConfig,
                   post_event: PostEvent, now: datetime | None = None) -> dict[str, Any]:
     """Bring the run's children one step closer to its spec; return the status to write.
@@ -66,16 +123,32 @@ def reconcile_run(run: RunObject, cluster: Cluster, config: OperatorConfig,
     now = now or datetime.now(UTC)
     status = run.status
     if status.get("phase") in TERMINAL and status.get("observedGeneration") == run.generation:
+        token = run.annotations.get(RETRY_ANNOTATION)
+        if status.get("phase") == "Failed" and token and token != status.get("retriedFor"):
+            return _retry(run, cluster, post_event, token, now)
+        if _expired(run, now):
+            post_event("Normal", "Expired", "deleting the finished run and its children "
+                       "(scheduling.ttlSecondsAfterFinished); its artifacts stay on storage")
+            cluster.delete(run.namespace, RUN_KIND, run.name)
         return {}
     try:
         spec = _parse(run)
         storage(run.owner, spec, config)  # cluster-only checks, before anything is created
-        step = plan(run.owner, spec, config, status.get("iteration") or 0,
-                    cluster.children(run.namespace, run.name))
+        training_gpus(spec)
+        children = cluster.children(run.namespace, run.name)
+        step = plan(run.owner, spec, config, Progress.from_status(status), children)
     except (SpecError, ClusterSpecError) as exc:
         message = str(exc)
         post_event("Warning", "InvalidSpec", message)
         raise InvalidObject(message, _failed_status(run, "InvalidSpec", message, now)) from None
+    stuck = trouble(list(children.jobs.values()), list(children.pods.values())) \
+        if step.phase == "Running" else None
+    same_stage = (status.get("stage"), status.get("iteration")) == (step.stage, step.iteration)
+    # spec.activeDeadlineSeconds counts from the start, or from the last retry.
+    started = parse_time(status.get("lastRetryTime") or status.get("startTime"))
+    step = with_deadlines(step, run.owner, spec, children, started,
+                          (same_stage and parse_time(status.get("stageStartTime"))) or now,
+                          now, stuck)
 
     for obj in step.ensure:
         if cluster.create_if_absent(obj):
@@ -83,19 +156,35 @@ def reconcile_run(run: RunObject, cluster: Cluster, config: OperatorConfig,
     for kind, name in step.delete:
         if cluster.delete(run.namespace, kind, name):
             post_event("Normal", "Deleted", f"deleted {kind} {name}")
-    return _status(run, spec, step, cluster, config, post_event, now)
+    new = _status(run, spec, step, stuck if step.phase == "Running" else None, cluster, config,
+                  post_event, now)
+    if token := run.annotations.get(RETRY_ANNOTATION):
+        new["retriedFor"] = token  # set before a failure, it is no request to retry that one
+    return new
 
 
-def _status(run: RunObject, spec: RunSpec, step: Step, cluster: Cluster, config: OperatorConfig,
-            post_event: PostEvent, now: datetime) -> dict[str, Any]:
+def _status(run: RunObject, spec: RunSpec, step: Step, stuck: Trouble | None, cluster: Cluster,
+            config: OperatorConfig, post_event: PostEvent, now: datetime) -> dict[str, Any]:
     old = run.status
     message = step.message
     if step.failed_job:
         if detail := pod_failure(cluster.job_pods(run.namespace, step.failed_job)):
             message = f"{message}; {detail}"
+    if stuck is not None:
+        message = f"{message}; {stuck.message}"
     ready = {"Succeeded": "True", "Failed": "False"}.get(step.phase, "False")
     conditions = set_condition(old.get("conditions") or [], "Ready", ready, step.reason, message,
                                run.generation, now)
+    # kstatus' Stalled (what Flux and Argo CD health checks read): a child that will not
+    # progress by itself, in the pod's own words.
+    was_stalled = next((c for c in old.get("conditions") or []
+                        if c.get("type") == "Stalled" and c.get("status") == "True"), None)
+    conditions = set_condition(conditions, "Stalled", str(stuck is not None),
+                               stuck.reason if stuck else
+                               "Progressing" if step.phase == "Running" else step.phase,
+                               stuck.message if stuck else "", run.generation, now)
+    if stuck is not None and (was_stalled is None or was_stalled.get("reason") != stuck.reason):
+        post_event("Warning", stuck.reason, stuck.message)
     conditions = set_condition(conditions, "Suspended", str(step.phase == "Suspended"),
                                step.reason if step.phase == "Suspended" else "NotSuspended",
                                message if step.phase == "Suspended" else "", run.generation, now)
@@ -106,14 +195,14 @@ def _status(run: RunObject, spec: RunSpec, step: Step, cluster: Cluster, config:
         "iteration": step.iteration,
         "message": message,
         "conditions": conditions,
+        "finishedStages": step.finished,
+        "trainingRestarts": step.training_restarts or 0,
         "artifacts": _artifacts(run, spec, step, config),
     }
     if not old.get("startTime") and step.phase != "Suspended":
         new["startTime"] = stamp(now)
     if step.phase in TERMINAL:
         new["completionTime"] = old.get("completionTime") or stamp(now)
-    if step.training_restarts is not None:
-        new["trainingRestarts"] = step.training_restarts
     counts = _counts(run, step, cluster)
     if counts is not None:
         new["counts"] = counts
@@ -127,7 +216,7 @@ def _status(run: RunObject, spec: RunSpec, step: Step, cluster: Cluster, config:
     new["stageStartTime"] = stamp(now) if moved or not old.get("stageStartTime") \
         else old["stageStartTime"]
     if moved or step.failed_job:
-        kind = "Warning" if step.failed_job else "Normal"
+        kind = "Warning" if step.failed_job or step.phase == "Failed" else "Normal"
         post_event(kind, step.reason, message)
     return new
 

@@ -22,7 +22,7 @@ from croniter import croniter
 from spa_core.schedule_spec import ScheduleSpec, parse_schedule
 from spa_core.spec import API_VERSION, SpecError
 from spa_operator import names
-from spa_operator.builders.common import Owner
+from spa_operator.builders.common import Owner, training_gpus
 from spa_operator.conditions import set_condition
 from spa_operator.errors import ClusterSpecError, InvalidObject
 from spa_operator.timestamps import parse_time, stamp
@@ -211,6 +211,7 @@ def parse(obj: ScheduleObject) -> ScheduleSpec:
     if not croniter.is_valid(spec.schedule):
         raise ClusterSpecError("schedule", f"{spec.schedule!r} is not a valid cron schedule "
                                "(minute hour day-of-month month day-of-week, or @daily etc.)")
+    training_gpus(spec.run_template, "runTemplate.training.gpusPerNode")
     return spec
 
 
@@ -246,19 +247,10 @@ class ScheduleCluster:
         return True
 
     def delete_run(self, namespace: str, name: str) -> bool:
-        from kubernetes.client.rest import ApiException
-
         from spa_operator import crd
+        from spa_operator.cluster import Cluster
 
-        try:
-            self.custom.delete_namespaced_custom_object(
-                "alignment.spa.dev", crd.VERSION, namespace, crd.RUN_PLURAL, name,
-                propagation_policy="Background")
-        except ApiException as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
+        return Cluster(self.custom.api_client).delete(namespace, crd.RUN_KIND, name)
 
 
 def reconcile_schedule(obj: ScheduleObject, cluster: ScheduleCluster, post_event: PostEvent,

@@ -17,6 +17,7 @@ __all__ = [
     "Condition",
     "Counts",
     "Evaluation",
+    "JobStage",
     "RunPhase",
     "RunStage",
     "RunStatus",
@@ -25,6 +26,8 @@ __all__ = [
 
 RunPhase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
 RunStage = Literal["Generator", "Pipeline", "Training", "Evaluation", "Done"]
+JobStage = Literal["Pipeline", "Training", "Evaluation"]
+"""The stages that run as a Job."""
 
 
 class _Status(BaseModel):
@@ -109,10 +112,20 @@ class RunStatus(_Status):
     """Current iteration (0-based)."""
     conditions: Annotated[list[Condition], Field(max_length=32)] = []
     """Latest observations (type Ready is the summary)."""
+    finished_stages: Annotated[list[JobStage], Field(max_length=3)] = []
+    """Stages of the current iteration whose Job succeeded; they are not run again, even when
+    their Job has been deleted since."""
     counts: Counts | None = None
     """Counts from the current iteration's pipeline."""
     training_restarts: Annotated[int | None, Field(ge=0)] = None
     """Restarts of the current iteration's training group (each from its last checkpoint)."""
+    retries: Annotated[int | None, Field(ge=0)] = None
+    """Times the failed run was run again from its finished stages (the
+    `alignment.spa.dev/retry` annotation)."""
+    retried_for: Annotated[str | None, Field(max_length=256)] = None
+    """The value of `alignment.spa.dev/retry` last acted on."""
+    last_retry_time: datetime | None = None
+    """When the run was last retried; `spec.activeDeadlineSeconds` counts from then."""
     evaluation: Evaluation | None = None
     """Headline numbers of the latest evaluation."""
     artifacts: Artifacts | None = None

@@ -463,10 +463,11 @@ def train(
     from the last complete `checkpoint-N` (saved every `save_steps` steps, by default the
     spec's `save_steps`; two kept), and
     returns the stored result at once when `checkpoint-final` already exists. `device`:
-    None picks a GPU when one is visible; CPUs train in fp32, GPUs in bf16 autocast.
+    None follows `spec.gpus_per_node` (unset: a GPU when one is visible; 0: the CPU; N: N
+    usable GPUs, else GPUsUnavailable at once); CPUs train in fp32, GPUs in bf16 autocast.
     `on_log` receives every log record (main process only).
     """
-    from spa_core.models import load_tokenizer, resolve_device
+    from spa_core.models import load_tokenizer, resolve_device, training_device
 
     root = Path(output_dir)
     final = root / FINAL_CHECKPOINT
@@ -474,8 +475,9 @@ def train(
         log.info("%s exists: training already done", final)
         return _read_result(final)
 
-    pairs = load_pairs(pairs_path)  # before the model: a bad file fails in seconds
-    device = resolve_device(device)
+    # Before the data and the model, so that missing GPUs or a bad file fail in seconds.
+    device = resolve_device(device) if device else training_device(spec.gpus_per_node)
+    pairs = load_pairs(pairs_path)
     tokenizer = load_tokenizer(model_path, gguf_file)
     model = _load_policy(model_path, gguf_file)  # fp32 master weights, even under bf16
     callbacks: list[TrainerCallback] = [_ForwardLogs(on_log)] if on_log else []

@@ -3,10 +3,11 @@ vLLM for CPUs serving the embedded model as the generator Deployment (exported f
 file by an init container), the pipeline Job's stages in the worker image against it, the
 training Job's two pods under torchrun over gloo, and the evaluation Job with the report.
 
-The one run also goes through two faults, as a cluster deals them: the operator's pod is
-deleted while the pipeline runs, and a training pod is deleted once training has written a
-checkpoint. The run must still succeed, with no child created twice and nothing finished
-redone. The tests below share the run and each assert one part of what a user would check.
+The one run also goes through three faults, as a cluster deals them: the operator's pod is
+deleted while the pipeline runs, a training pod is deleted once training has written a
+checkpoint, and the finished pipeline's Job is deleted while training runs again. The run
+must still succeed, with no child created twice and nothing finished redone. The tests below
+share the run and each assert one part of what a user would check.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class Run:
     operator_pods: tuple[str, str] = ("", "")
     killed_training_pod: str = ""
     checkpoint_at_kill: str = ""
+    pipeline_job_deleted: bool = False
 
 
 def _children(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
@@ -138,6 +140,13 @@ def run(cluster: Cluster, operator: str) -> Iterator[Run]:
         elif not faulted.killed_training_pod and status.get("stage") == "Training" and \
                 (checkpoint := _complete_checkpoint(faulted)):
             _kill_training_pod(cluster, faulted, checkpoint)
+        elif faulted.killed_training_pod and not faulted.pipeline_job_deleted and \
+                status.get("trainingRestarts") == 1 and status.get("counts"):
+            # The finished pipeline's Job goes (a user's cleanup, a TTL of their own): the
+            # status remembers the stage, so neither it nor the generator comes back.
+            cluster.kubectl("-n", namespace, "delete", "job", f"{NAME}-pipeline-0",
+                            "--cascade=background", "--wait=false")
+            faulted.pipeline_job_deleted = True
         return None
 
     faulted.status = wait_for("the run to finish", progress, 3000,
@@ -209,9 +218,19 @@ def test_a_killed_training_pod_restarts_training_from_its_last_checkpoint(
     killed_at = int(run.checkpoint_at_kill.split("-")[1])
     assert train["resumed_from_step"] >= killed_at > 0, (train, run.checkpoint_at_kill)
     assert train["steps"] == SPEC["training"]["maxSteps"]
-    pipeline_pods = cluster.kubectl("-n", run.namespace, "get", "pods", "-l",
-                                    f"job-name={NAME}-pipeline-0", "-o", "name").split()
-    assert len(pipeline_pods) == 1, pipeline_pods
+    created = _events(cluster, run.namespace, "Created")
+    assert created.count(f"created Job {NAME}-pipeline-0") == 1, created
+
+
+def test_a_finished_stage_whose_job_was_deleted_is_not_run_again(
+        cluster: Cluster, run: Run) -> None:
+    assert run.pipeline_job_deleted, "the run finished before its pipeline Job was deleted"
+    assert run.status["finishedStages"] == ["Pipeline", "Training", "Evaluation"]
+    children = _children(cluster, run.namespace)
+    assert f"Job/{NAME}-pipeline-0" not in children
+    assert not [k for k in children if k.startswith(f"Deployment/{NAME}-generator")], children
+    created = _events(cluster, run.namespace, "Created")
+    assert created.count(f"created Deployment {NAME}-generator-0") == 1, created
 
 
 def test_deleting_the_run_removes_every_child(cluster: Cluster, run: Run) -> None:

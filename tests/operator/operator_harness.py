@@ -59,6 +59,21 @@ class Kubelet:
             "updatedReplicas": replicas, "readyReplicas": replicas,
             "availableReplicas": replicas}})
 
+    def unschedulable(self, deployment: str, message: str) -> str:
+        """A pod of the Deployment that the scheduler cannot place (as it reports it)."""
+        dep = wait_for(f"Deployment {deployment}",
+                       lambda: self.get(self.apps.read_namespaced_deployment, deployment))
+        template = dep.spec.template
+        pod = self.core.create_namespaced_pod(self.ns, {
+            "metadata": {"name": f"{deployment}-5d8f9-x2x7q", "labels": template.metadata.labels},
+            "spec": {"containers": [{"name": c.name, "image": c.image}
+                                    for c in template.spec.containers]}})
+        self.core.patch_namespaced_pod_status(pod.metadata.name, self.ns, {"status": {
+            "phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": message, "lastTransitionTime": _now()}]}})
+        return str(pod.metadata.name)
+
     def complete(self, job_name: str, termination: dict[str, str] | None = None) -> None:
         """Finish a Job successfully, with a pod whose containers left these messages."""
         job = wait_for(f"Job {job_name}", lambda: self.get(self.batch.read_namespaced_job,

@@ -105,8 +105,25 @@ def test_valid_run_is_accepted_as_written(api_client: Any, namespace: str) -> No
 
 def test_minimal_run_is_accepted(api_client: Any, namespace: str) -> None:
     doc = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "SPAAlignmentRun",
-           "metadata": {"name": "minimal"}, "spec": {"prompts": {"builtin": "honesty"}}}
+           "metadata": {"name": "minimal"},
+           "spec": {"prompts": {"builtin": "honesty"}, "training": {"gpusPerNode": 0}}}
     create(api_client, namespace, doc)
+
+
+def test_a_cluster_run_must_say_how_many_gpus_each_training_node_has(
+        api_client: Any, namespace: str) -> None:
+    doc = run_doc()
+    del doc["spec"]["training"]["gpusPerNode"]
+    # For `spa run` the field is optional (a GPU when one is visible) ...
+    assert parse_run(doc).spec.training.gpus_per_node is None
+    # ... but in a cluster, left out, it would silently mean CPU training.
+    assert "spec.training.gpusPerNode is required in a cluster" in \
+        rejection(api_client, namespace, doc)
+    schedule = schedule_doc(runTemplate=doc["spec"])
+    assert "spec.runTemplate.training.gpusPerNode is required in a cluster" in \
+        rejection(api_client, namespace, schedule, SCHEDULES)
+    no_spec = {k: v for k, v in doc.items() if k != "spec"}
+    assert "spec" in rejection(api_client, namespace, no_spec)
 
 
 def test_get_shows_the_printer_columns(api_client: Any, namespace: str) -> None:
@@ -283,7 +300,10 @@ def test_every_child_passes_server_side_validation(api_client: Any, namespace: s
 # --- the examples ----------------------------------------------------------------------------
 
 _EXAMPLES_DIR = Path(__file__).resolve().parents[2] / "examples"
-EXAMPLES = sorted([*_EXAMPLES_DIR.glob("*.yaml"), *_EXAMPLES_DIR.glob("gitops/schedule/*-*.yaml")])
+#: For `spa run` on a laptop: it leaves training.gpusPerNode to the machine (a visible GPU).
+LOCAL_EXAMPLE = _EXAMPLES_DIR / "local.yaml"
+EXAMPLES = sorted({*_EXAMPLES_DIR.glob("*.yaml"), *_EXAMPLES_DIR.glob("gitops/schedule/*-*.yaml")}
+                  - {LOCAL_EXAMPLE})
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
@@ -298,3 +318,13 @@ def test_examples_are_accepted_by_the_api_server(api_client: Any, namespace: str
         elif doc.get("kind") == "SPAAlignmentSchedule":
             SPAAlignmentSchedule.model_validate(doc)
             create(api_client, namespace, doc, SCHEDULES)
+
+
+def test_the_local_example_is_refused_by_a_cluster_naming_what_it_lacks(
+        api_client: Any, namespace: str) -> None:
+    import yaml
+
+    doc = yaml.safe_load(LOCAL_EXAMPLE.read_text())
+    parse_run(doc)
+    assert "spec.training.gpusPerNode is required in a cluster" in \
+        rejection(api_client, namespace, doc)

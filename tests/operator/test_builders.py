@@ -154,7 +154,7 @@ def test_workload_placement_replaces_the_run_wide_one() -> None:
     assert training["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
 
 
-def test_jobs_carry_backoff_deadline_and_ttl() -> None:
+def test_jobs_carry_backoff_and_deadline_but_never_expire_on_their_own() -> None:
     for obj in all_children():
         if obj["kind"] == "Job":
             # Training retries as a group (the operator's restarts), never pod by pod.
@@ -165,15 +165,16 @@ def test_jobs_carry_backoff_deadline_and_ttl() -> None:
             assert [r["action"] for r in rules] == ["Ignore", "FailJob"]
             assert rules[1]["onExitCodes"]["values"] == [2]
             assert obj["spec"]["activeDeadlineSeconds"] == 86400
-            assert obj["spec"]["ttlSecondsAfterFinished"] == 3600
+            # The run's TTL (3600 here) is the run's: a child that expired mid-run would
+            # take its pods' messages with it.
+            assert "ttlSecondsAfterFinished" not in obj["spec"]
             assert pod_spec(obj)["restartPolicy"] == "Never"
 
 
 def test_job_limits_are_omitted_when_unset() -> None:
-    spec = make_spec(scheduling={"activeDeadlineSeconds": None, "ttlSecondsAfterFinished": None})
+    spec = make_spec(scheduling={"activeDeadlineSeconds": None})
     job = build_pipeline_job(OWNER, spec, CONFIG, 0)
     assert "activeDeadlineSeconds" not in job["spec"]
-    assert "ttlSecondsAfterFinished" not in job["spec"]
 
 
 # --- names ---------------------------------------------------------------------------------
@@ -403,7 +404,7 @@ def test_torchrun_is_wired_like_kubeflows_trainer() -> None:
         "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}
     assert env["PET_MASTER_ADDR"] == "harmless-train-0-0.harmless-train-0"
     assert env["PET_MASTER_PORT"] == "29500"
-    assert c["command"] == ["torchrun", "--no-python"]
+    assert c["command"] == ["spa-torchrun", "--no-python"]
     assert c["args"][:3] == ["spa", "train", "/spa/spec/run-local.yaml"]
     assert c["resources"]["limits"] == {"nvidia.com/gpu": "8"}
     assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
@@ -440,6 +441,15 @@ def test_cpu_training_requests_no_gpu() -> None:
     (c,) = pod_spec(build_training_job(OWNER, spec, CONFIG, 0))["containers"]
     assert c["resources"] == {}
     assert env_of(c)["PET_NPROC_PER_NODE"] == "1"
+
+
+def test_a_run_that_leaves_out_the_gpus_per_node_is_not_built_for_cpus() -> None:
+    spec = SPEC.model_copy(update={"training": SPEC.training.model_copy(
+        update={"gpus_per_node": None})})  # what a spec without the field parses to
+    for build in (build_training_job, build_evaluation_job):
+        with pytest.raises(ClusterSpecError, match=r"spec.training.gpusPerNode: required in a "
+                                                   r"cluster.*or 0 to train on CPUs"):
+            build(OWNER, spec, CONFIG, 0)
 
 
 # --- evaluation ----------------------------------------------------------------------------

@@ -286,7 +286,8 @@ def test_the_operator_as_the_chart_starts_it_reconciles_a_run(
                     "apiVersion": "alignment.spa.dev/v1alpha1", "kind": "SPAAlignmentRun",
                     "metadata": {"name": "charted"},
                     "spec": {"model": {"name": "org/model"}, "storage": {"pvc": "runs"},
-                             "generator": {"backend": "openai", "gpus": 1}}})
+                             "generator": {"backend": "openai", "gpus": 1},
+                             "training": {"gpusPerNode": 1}}})
             apps = client.AppsV1Api(api_client)
             deadline = time.monotonic() + 60
             generator = None

@@ -49,6 +49,47 @@ def test_a_failed_stage_fails_the_run_with_the_pods_termination_message(
     assert "container score exited with 1" in warnings[0].message
 
 
+def test_a_failed_run_is_retried_from_its_finished_stages_when_annotated(
+        operator: Any, api_client: Any, namespace: str) -> None:
+    kubelet = Kubelet(api_client, namespace)
+    # A retry requested before the failure is not taken as a request to retry it.
+    kubelet.create_run("again", **{**SPEC, "training": {**SPEC["training"], "maxRestarts": 0}})
+    annotate(kubelet, "again", "early")
+    kubelet.make_available("again-generator-0")
+    kubelet.complete("again-pipeline-0")
+    kubelet.fail("again-train-0", "trainer", "RuntimeError: CUDA error: an illegal memory "
+                 "access was encountered")
+    status = kubelet.wait_status("again", "phase Failed", lambda s: s.get("phase") == "Failed")
+    assert status["finishedStages"] == ["Pipeline"] and status["retriedFor"] == "early"
+    assert not status.get("retries")
+
+    annotate(kubelet, "again", "1")
+    status = kubelet.wait_status("again", "retried", lambda s: s.get("retries") == 1)
+    assert status["phase"] == "Running" and "completionTime" not in status
+    assert "deleted the failed Job(s) again-train-0" in status["message"]
+    retried = wait_for("a Retrying event", lambda: [
+        e for e in kubelet.events("again") if e.reason == "Retrying"])
+    assert "from the finished stages ['Pipeline']" in retried[0].message
+    # Training runs again; the finished pipeline does not, nor does the generator come back.
+    wait_for("a new training Job", lambda: (job := kubelet.get(
+        kubelet.batch.read_namespaced_job, "again-train-0")) is not None
+        and not (job.status.conditions or []))
+    assert kubelet.get(kubelet.apps.read_namespaced_deployment, "again-generator-0") is None
+    kubelet.complete("again-train-0")
+    kubelet.complete("again-eval-0")
+    status = kubelet.wait_status("again", "phase Succeeded",
+                                 lambda s: s.get("phase") == "Succeeded")
+    assert status["retries"] == 1
+    created = [e.message for e in kubelet.events("again") if e.reason == "Created"]
+    assert created.count("created Job again-pipeline-0") == 1, created
+
+
+def annotate(kubelet: Kubelet, run: str, retry: str) -> None:
+    kubelet.custom.patch_namespaced_custom_object(
+        "alignment.spa.dev", "v1alpha1", kubelet.ns, "spaalignmentruns", run,
+        {"metadata": {"annotations": {"alignment.spa.dev/retry": retry}}})
+
+
 def test_a_failed_training_group_restarts_once_then_the_run_goes_on(
         operator: Any, api_client: Any, namespace: str) -> None:
     kubelet = Kubelet(api_client, namespace)
@@ -108,6 +149,81 @@ def test_suspend_deletes_running_children_and_resume_continues_from_the_finished
     wait_for("training Job again", lambda: "pausable-train-0" in job_names(kubelet))
     # Sampling was not redone: no generator came back.
     assert kubelet.get(kubelet.apps.read_namespaced_deployment, "pausable-generator-0") is None
+
+
+def test_a_generator_that_cannot_be_scheduled_is_reported_then_fails_the_run(
+        operator: Any, api_client: Any, namespace: str) -> None:
+    kubelet = Kubelet(api_client, namespace)
+    kubelet.create_run("greedy", **{**SPEC, "generator": {**SPEC["generator"],
+                                                          "startDeadlineSeconds": 60}})
+    pod = kubelet.unschedulable("greedy-generator-0", "0/3 nodes are available: 3 "
+                                "Insufficient nvidia.com/gpu.")
+    # Within seconds, in the run's status and as a Warning event, in the scheduler's words.
+    status = kubelet.wait_status("greedy", "Stalled", lambda s: any(
+        c["type"] == "Stalled" and c["status"] == "True" for c in s.get("conditions", [])))
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["reason"] == "Unschedulable"
+    assert f"pod {pod} is not scheduled: 0/3 nodes are available" in stalled["message"]
+    assert "Insufficient nvidia.com/gpu" in status["message"]
+    assert status["phase"] == "Running" and status["stage"] == "Generator"
+    events = wait_for("an Unschedulable event", lambda: [
+        e for e in kubelet.events("greedy") if e.reason == "Unschedulable"])
+    assert events[0].type == "Warning" and len(events) == 1
+
+    # Past generator.startDeadlineSeconds the run fails, naming what it waited for, and the
+    # generator (holding a GPU request) goes.
+    status = kubelet.wait_status("greedy", "phase Failed", lambda s: s.get("phase") == "Failed",
+                                 timeout=120)
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "GeneratorStartTimeout"
+    assert "generator.startDeadlineSeconds (60 s)" in status["message"]
+    assert "Insufficient nvidia.com/gpu" in status["message"]
+    wait_for("generator deleted", lambda: kubelet.get(
+        kubelet.apps.read_namespaced_deployment, "greedy-generator-0") is None)
+
+
+def test_a_finished_job_deleted_mid_run_is_not_run_again(
+        operator: Any, api_client: Any, namespace: str) -> None:
+    kubelet = Kubelet(api_client, namespace)
+    kubelet.create_run("tidy", **SPEC)
+    kubelet.make_available("tidy-generator-0")
+    kubelet.complete("tidy-pipeline-0")
+    kubelet.wait_status("tidy", "the pipeline remembered",
+                        lambda s: s.get("finishedStages") == ["Pipeline"])
+    wait_for("training Job", lambda: "tidy-train-0" in job_names(kubelet))
+    # A user (or a TTL of their own) removes the finished pipeline Job during training.
+    kubelet.batch.delete_namespaced_job("tidy-pipeline-0", namespace,
+                                        propagation_policy="Background")
+    wait_for("pipeline Job gone", lambda: "tidy-pipeline-0" not in job_names(kubelet))
+    kubelet.complete("tidy-train-0")
+    kubelet.complete("tidy-eval-0")
+    status = kubelet.wait_status("tidy", "phase Succeeded",
+                                 lambda s: s.get("phase") == "Succeeded")
+    assert status["finishedStages"] == ["Pipeline", "Training", "Evaluation"]
+    # Neither the generator nor the pipeline came back, and nothing was created twice.
+    assert job_names(kubelet) == {"tidy-train-0", "tidy-eval-0"}
+    created = [e.message for e in kubelet.events("tidy") if e.reason == "Created"]
+    assert len(created) == len(set(created)), created
+
+
+def test_a_finished_run_is_deleted_once_its_ttl_has_passed(
+        operator: Any, api_client: Any, namespace: str) -> None:
+    kubelet = Kubelet(api_client, namespace)
+    kubelet.create_run("brief", **{**SPEC, "scheduling": {"ttlSecondsAfterFinished": 3}})
+    kubelet.make_available("brief-generator-0")
+    kubelet.complete("brief-pipeline-0")
+    wait_for("training Job", lambda: "brief-train-0" in job_names(kubelet))
+    # The run's TTL is not its children's: a finished stage's Job stays while the run does.
+    for name in job_names(kubelet):
+        job = kubelet.batch.read_namespaced_job(name, namespace)
+        assert job.spec.ttl_seconds_after_finished is None, name
+    kubelet.complete("brief-train-0")
+    kubelet.complete("brief-eval-0")
+    kubelet.wait_status("brief", "phase Succeeded", lambda s: s.get("phase") == "Succeeded")
+    wait_for("run deleted after its TTL", lambda: kubelet.custom.list_namespaced_custom_object(
+        "alignment.spa.dev", "v1alpha1", namespace, "spaalignmentruns")["items"] == [],
+        timeout=60)
+    wait_for("children garbage-collected", lambda: job_names(kubelet) == set(), timeout=90)
 
 
 def test_an_operator_restart_mid_run_resumes_without_duplicates(

@@ -57,6 +57,12 @@ def test_happy_path_runs_every_stage_and_reports_status(
         "/spa/storage/runs/harmless/iter-00/train/checkpoint-final"
     assert status["artifacts"]["report"] == "/spa/storage/runs/harmless/report/report.html"
     assert status["evaluation"] == headline
+    # The operator wrote status only: no finalizer (an uninstalled operator would leave the
+    # run stuck Terminating), no bookkeeping annotations, the spec as it was created.
+    meta = kubelet.run("harmless")["metadata"]
+    assert not meta.get("finalizers"), meta
+    assert not meta.get("annotations"), meta
+    assert kubelet.run("harmless")["spec"] == run["spec"]
 
     # Every child is owned by the run (deleting it garbage-collects them).
     selector = "alignment.spa.dev/run=harmless"
@@ -110,7 +116,8 @@ def test_a_spec_that_cannot_run_in_a_cluster_fails_naming_the_field(
     kubelet.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, RUNS, {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "SPAAlignmentRun",
         "metadata": {"name": "nowhere"},
-        "spec": {"model": {"name": "org/model"}, "storage": {"uri": "runs/{name}"}}})
+        "spec": {"model": {"name": "org/model"}, "storage": {"uri": "runs/{name}"},
+                 "training": {"gpusPerNode": 0}}})
     status = wait_for("run Failed", lambda: (s := kubelet.run("nowhere").get("status", {}))
                       .get("phase") == "Failed" and s)
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")

@@ -16,6 +16,7 @@ TEMPLATE: dict[str, Any] = {
     "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
     "prompts": {"builtin": "harmlessness"},
     "generator": {"backend": "openai", "gpus": 1},
+    "training": {"gpusPerNode": 8},
     "storage": {"pvc": "spa-runs"},
     "scheduling": {"queueName": "gpu"},
 }

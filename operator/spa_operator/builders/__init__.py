@@ -3,7 +3,7 @@
 Handlers only apply what these return; nothing here talks to the API server.
 """
 
-from spa_operator.builders.common import Owner, Storage, storage
+from spa_operator.builders.common import Owner, Storage, storage, training_gpus
 from spa_operator.builders.evaluation import build_evaluation_job
 from spa_operator.builders.generator import (
     build_generator_deployment,
@@ -35,4 +35,5 @@ __all__ = [
     "generator_url",
     "policy_location",
     "storage",
+    "training_gpus",
 ]

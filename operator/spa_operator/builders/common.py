@@ -26,6 +26,7 @@ __all__ = [
     "selector_labels",
     "shm_volume",
     "storage",
+    "training_gpus",
 ]
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -120,13 +121,14 @@ def pod_placement(spec: RunSpec, workload: WorkloadSpec) -> dict[str, Any]:
 
 
 def job_spec_limits(spec: RunSpec) -> dict[str, Any]:
-    """backoffLimit, activeDeadlineSeconds and ttlSecondsAfterFinished of a child Job."""
+    """backoffLimit and activeDeadlineSeconds of a child Job.
+
+    No ttlSecondsAfterFinished: a finished child stays as long as its run (whose own TTL is
+    `scheduling.ttlSecondsAfterFinished`), so its pods' logs and messages stay readable."""
     sched = spec.scheduling
     out: dict[str, Any] = {"backoffLimit": sched.backoff_limit}
     if sched.active_deadline_seconds is not None:
         out["activeDeadlineSeconds"] = sched.active_deadline_seconds
-    if sched.ttl_seconds_after_finished is not None:
-        out["ttlSecondsAfterFinished"] = sched.ttl_seconds_after_finished
     return out
 
 
@@ -169,6 +171,16 @@ class Storage:
 
     def read_only_mounts(self) -> list[dict[str, Any]]:
         return [{**m, "readOnly": True} for m in self.mounts]
+
+
+def training_gpus(spec: RunSpec, field: str = "training.gpusPerNode") -> int:
+    """`training.gpusPerNode`, which a cluster run must set: left out, it never means CPUs."""
+    gpus = spec.training.gpus_per_node
+    if gpus is None:
+        raise ClusterSpecError(field, "required in a cluster: the GPUs of each training node "
+                               "(the trainer fails at once when fewer are usable), or 0 to "
+                               "train on CPUs")
+    return gpus
 
 
 def storage(owner: Owner, spec: RunSpec, config: OperatorConfig) -> Storage:

@@ -14,6 +14,7 @@ from spa_operator.builders.common import (
     secret_env,
     shm_volume,
     storage,
+    training_gpus,
 )
 from spa_operator.builders.jobs import build_job, spec_path, spec_volume, stage_args, stage_env
 from spa_operator.builders.spec_config_map import TRAINER_SPEC_KEY
@@ -32,7 +33,7 @@ def build_evaluation_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
     spec_vol, spec_mount = spec_volume(owner, config)
     shm, shm_mount = shm_volume(config)
     resources: dict[str, Any] = {}
-    if spec.training.gpus_per_node > 0:
+    if training_gpus(spec) > 0:
         resources = {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}
     container = {
         "name": "evaluate",

@@ -7,7 +7,7 @@ import posixpath
 from typing import Any
 
 from spa_core.spec import RunSpec
-from spa_core.termination import TERMINATION_LOG_ENV
+from spa_core.termination import TERMINATION_LOG_ENV, USAGE_ERROR_EXIT_CODE
 from spa_operator import names
 from spa_operator.builders.common import (
     HF_TOKEN_ENV,
@@ -55,11 +55,6 @@ def stage_env(spec: RunSpec) -> list[dict[str, Any]]:
     ]
 
 
-#: The exit code of a stage that refuses its input (`spa` exits 2 on a SpecError): a retry
-#: would fail the same way, so the Job fails at once.
-USAGE_ERROR_EXIT_CODE = 2
-
-
 def pod_failure_policy() -> dict[str, Any]:
     """Disruptions (preemption, eviction, a drained or lost node) are retried without counting
     against backoffLimit; a usage error fails the Job (reason PodFailurePolicy) at once."""
@@ -72,7 +67,7 @@ def pod_failure_policy() -> dict[str, Any]:
 
 def build_job(owner: Owner, spec: RunSpec, name: str, component: str, iteration: int,
               pod_spec: dict[str, Any], **job_fields: Any) -> dict[str, Any]:
-    """A batch/v1 Job owned by the run, with the run's retry, deadline and TTL settings.
+    """A batch/v1 Job owned by the run, with the run's retry and deadline settings.
 
     A replacement pod starts only once its predecessor has stopped (`podReplacementPolicy:
     Failed`): two pods of one index never overlap on the run's files or a rendezvous name.

@@ -23,6 +23,7 @@ from spa_operator.builders.common import (
     selector_labels,
     shm_volume,
     storage,
+    training_gpus,
 )
 from spa_operator.builders.jobs import build_job, spec_path, spec_volume, stage_args, stage_env
 from spa_operator.builders.spec_config_map import TRAINER_SPEC_KEY
@@ -80,7 +81,7 @@ def torchrun_env(owner: Owner, spec: RunSpec, config: OperatorConfig,
     tr = spec.training
     return [
         {"name": "PET_NNODES", "value": str(tr.nodes)},
-        {"name": "PET_NPROC_PER_NODE", "value": str(max(tr.gpus_per_node, 1))},
+        {"name": "PET_NPROC_PER_NODE", "value": str(max(training_gpus(spec), 1))},
         {"name": "PET_NODE_RANK", "valueFrom": {"fieldRef": {
             "fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}}},
         {"name": "PET_MASTER_ADDR", "value": f"{job}-0.{service}"},
@@ -104,15 +105,16 @@ def build_training_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
     shm, shm_mount = shm_volume(config)
     dist_file = posixpath.join(config.distributed_mount, FILES[tr.strategy])
     resources: dict[str, Any] = {}
-    if tr.gpus_per_node > 0:
-        gpus = str(tr.gpus_per_node)
+    if training_gpus(spec) > 0:
+        gpus = str(training_gpus(spec))
         resources = {"limits": {"nvidia.com/gpu": gpus}, "requests": {"nvidia.com/gpu": gpus}}
     container = {
         "name": "trainer",
         "image": config.trainer_image,
         **container_defaults(config),
-        # torchrun takes every option from the PET_* environment; --no-python runs `spa`.
-        "command": ["torchrun", "--no-python"],
+        # torchrun (spa-torchrun: exit code 2 when a rank's was) takes every option from the
+        # PET_* environment; --no-python runs `spa`.
+        "command": ["spa-torchrun", "--no-python"],
         "args": stage_args("train", spec_path(config, TRAINER_SPEC_KEY), st, iteration),
         "env": [
             *stage_env(spec),
