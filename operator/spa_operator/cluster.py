@@ -42,6 +42,15 @@ class Cluster:
             pods={p.metadata.name: self._dict(p) for p in pods.items},
         )
 
+    def claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The PersistentVolumeClaim `name`, or None when there is none."""
+        try:
+            return self._dict(self.core.read_namespaced_persistent_volume_claim(name, namespace))
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
     def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         pods = self.core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={job}")
         return [self._dict(p) for p in pods.items]

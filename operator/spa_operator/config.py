@@ -49,6 +49,9 @@ class OperatorConfig:
     """Port of the Prometheus /metrics endpoint (0: none; the chart sets 8080)."""
     network_policy: bool = False
     """Give each run's generator a NetworkPolicy admitting only the run's pipeline pods."""
+    run_as_user: int = 65532
+    """UID, GID and fsGroup of the runs' pods (the project's images' user): the kubelet makes a
+    fresh root-owned volume writable for this group."""
     reconcile_seconds: int = 10
     """Seconds between two resync passes over every run and schedule."""
 

@@ -256,7 +256,7 @@ def with_deadlines(step: Step, owner: Owner, spec: RunSpec, children: Children,
     `started`) or its generator's start (`generator.startDeadlineSeconds`, from
     `stage_started`) has run out of time; the failure names what the run was waiting for
     and gives the GPUs back."""
-    if step.phase != "Running":
+    if step.phase not in ("Running", "Pending"):
         return step
     run_limit = spec.active_deadline_seconds
     start_limit = spec.generator.start_deadline_seconds
@@ -264,7 +264,7 @@ def with_deadlines(step: Step, owner: Owner, spec: RunSpec, children: Children,
             now - started > timedelta(seconds=run_limit):
         reason = "DeadlineExceeded"
         what = f"the run did not finish within spec.activeDeadlineSeconds ({run_limit} s)"
-    elif step.stage == "Generator" and now - stage_started > timedelta(seconds=start_limit):
+    elif step.phase == "Running" and step.stage == "Generator" and now - stage_started > timedelta(seconds=start_limit):
         reason = "GeneratorStartTimeout"
         what = (f"vLLM ({names.generator_deployment(owner.name, step.iteration)}) did not pass "
                 f"its /health check within generator.startDeadlineSeconds ({start_limit} s)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -143,6 +143,14 @@ def reconcile_run(run: RunObject, cluster: Cluster, config: OperatorConfig,
         raise InvalidObject(message, _failed_status(run, "InvalidSpec", message, now)) from None
     stuck = trouble(list(children.jobs.values()), list(children.pods.values())) \
         if step.phase == "Running" else None
+    if step.phase == "Running" and spec.storage.pvc and \
+            cluster.claim(run.namespace, spec.storage.pvc) is None:
+        # Nothing is created (no GPU is held) until the run's volume exists.
+        stuck = Trouble("ClaimNotFound", f"PersistentVolumeClaim {spec.storage.pvc} "
+                        f"(storage.pvc) does not exist in namespace {run.namespace}")
+        step = replace(step, phase="Pending", reason="WaitingForStorage",
+                       message=f"waiting for PersistentVolumeClaim {spec.storage.pvc}",
+                       ensure=[], delete=[])
     same_stage = (status.get("stage"), status.get("iteration")) == (step.stage, step.iteration)
     # spec.activeDeadlineSeconds counts from the start, or from the last retry.
     started = parse_time(status.get("lastRetryTime") or status.get("startTime"))
@@ -156,8 +164,8 @@ def reconcile_run(run: RunObject, cluster: Cluster, config: OperatorConfig,
     for kind, name in step.delete:
         if cluster.delete(run.namespace, kind, name):
             post_event("Normal", "Deleted", f"deleted {kind} {name}")
-    new = _status(run, spec, step, stuck if step.phase == "Running" else None, cluster, config,
-                  post_event, now)
+    new = _status(run, spec, step, stuck if step.phase in ("Running", "Pending") else None,
+                  cluster, config, post_event, now)
     if token := run.annotations.get(RETRY_ANNOTATION):
         new["retriedFor"] = token  # set before a failure, it is no request to retry that one
     return new

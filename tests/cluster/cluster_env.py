@@ -51,13 +51,15 @@ class Cluster:
     def helm(self, *args: str, timeout: float = 300) -> str:
         return self._tool("helm", *args, timeout=timeout).stdout
 
-    def run_volume(self, namespace: str, uid: int) -> Path:
+    def run_volume(self, namespace: str) -> Path:
         """A PersistentVolume bound to the claim `spa-runs` in `namespace` (what the examples'
-        `storage.pvc` names): a host folder owned by `uid`, as a provisioner with the right
-        fsGroup would leave it. Returns the folder."""
+        `storage.pvc` names): a fresh, root-owned folder on the node, as most provisioners hand
+        out a volume. A `local` volume, so the kubelet applies the pods' fsGroup to it (it does
+        not to hostPath volumes) and the runs' non-root pods can write. Returns the folder."""
         path = self.state_dir / "volumes" / namespace
-        path.mkdir(parents=True)
-        os.chown(path, uid, uid)
+        path.mkdir(parents=True, mode=0o755)
+        os.chown(path, 0, 0)
+        node = self.kubectl("get", "nodes", "-o", "jsonpath={.items[0].metadata.name}").strip()
         self.apply(f"""
 apiVersion: v1
 kind: PersistentVolume
@@ -67,7 +69,12 @@ spec:
   accessModes: [ReadWriteOnce]
   persistentVolumeReclaimPolicy: Retain
   storageClassName: ""
-  hostPath: {{path: {path}, type: Directory}}
+  local: {{path: {path}}}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - {{key: kubernetes.io/hostname, operator: In, values: [{node}]}}
   claimRef: {{namespace: {namespace}, name: spa-runs}}
 ---
 apiVersion: v1

@@ -52,7 +52,7 @@ def test_chart_installed_operator_reconciles_a_run(cluster: Cluster, operator: s
     image = cluster.images["operator"]
     assert status["ready"] and status["image"].endswith(image.split("/", 1)[1])
 
-    cluster.run_volume(namespace, uid=65532)
+    cluster.run_volume(namespace)
     cluster.apply(f"""
 apiVersion: alignment.spa.dev/v1alpha1
 kind: SPAAlignmentRun
@@ -99,7 +99,7 @@ def _stalled(cluster: Cluster, namespace: str, run: str) -> dict[str, Any] | Non
 
 def test_pods_that_cannot_start_are_reported_and_a_generator_deadline_fails_the_run(
         cluster: Cluster, operator: str, namespace: str) -> None:
-    cluster.run_volume(namespace, uid=65532)
+    cluster.run_volume(namespace)
     # More GPUs than the node has (none), and an image nobody built.
     for name, generator in (("greedy", "{backend: openai, gpus: 1, startDeadlineSeconds: 60}"),
                             ("typo", "{backend: openai, gpus: 0, "
@@ -143,7 +143,7 @@ spec:
 
 def test_runs_outlive_an_uninstalled_operator_and_can_still_be_deleted(
         cluster: Cluster, operator: str, namespace: str) -> None:
-    cluster.run_volume(namespace, uid=65532)
+    cluster.run_volume(namespace)
     cluster.apply("""
 apiVersion: alignment.spa.dev/v1alpha1
 kind: SPAAlignmentRun

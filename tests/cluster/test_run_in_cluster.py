@@ -35,8 +35,6 @@ SPEC = DOC["spec"]
 RELEASE_NAMESPACE = "spa-run-system"
 OPERATOR_SELECTOR = "app.kubernetes.io/name=spa-operator"
 RUN_SELECTOR = f"alignment.spa.dev/run={NAME}"
-#: The uid the worker and trainer images run as.
-IMAGE_UID = 65532
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +124,7 @@ def _kill_training_pod(cluster: Cluster, run: Run, checkpoint: str) -> None:
 def run(cluster: Cluster, operator: str) -> Iterator[Run]:
     namespace = f"t-run-{int(time.time())}"
     cluster.kubectl("create", "namespace", namespace)
-    faulted = Run(namespace, cluster.run_volume(namespace, IMAGE_UID))
+    faulted = Run(namespace, cluster.run_volume(namespace))
     cluster.kubectl("-n", namespace, "apply", "-f", str(EXAMPLE))
 
     def progress() -> dict[str, Any] | None:
@@ -177,6 +175,10 @@ def test_the_cluster_cpu_example_runs_to_succeeded(cluster: Cluster, run: Run) -
     assert (run_dir / "iter-00" / "pairs" / "pairs.parquet").is_file()
     assert (run_dir / "iter-00" / "train" / "checkpoint-final" / "config.json").is_file()
     assert (run_dir / "report" / "report.html").is_file()
+    # The volume was handed out root-owned: the kubelet gave it the pods' fsGroup, so the
+    # non-root stages could make the run's directory.
+    assert (run.volume.stat().st_uid, run.volume.stat().st_gid) == (0, 65532)
+    assert run_dir.stat().st_uid == 65532
 
     table = cluster.kubectl("-n", run.namespace, "get", "spar", NAME)
     assert "Succeeded" in table and str(counts["pairs"]) in table

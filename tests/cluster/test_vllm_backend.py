@@ -27,8 +27,6 @@ from spa_operator.config import OperatorConfig  # noqa: E402
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1200)]
 
 EXAMPLE = REPO / "examples" / "cluster-cpu.yaml"
-#: The uid the worker image runs as.
-IMAGE_UID = 65532
 
 CHECKS: list[Callable[[str], None]] = [
     checks.test_openai_plain_chat_returns_text,
@@ -45,7 +43,6 @@ def vllm_server(cluster: Cluster) -> Iterator[str]:
     Deployment (applied here without an owner: no run exists to own it)."""
     namespace = "t-vllm"
     cluster.kubectl("create", "namespace", namespace)
-    cluster.run_volume(namespace, IMAGE_UID)
     spec = RunSpec.model_validate(yaml.safe_load(EXAMPLE.read_text())["spec"])
     worker = cluster.images["worker"]
     config = OperatorConfig(worker_image=worker, vllm_image=worker,

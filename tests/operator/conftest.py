@@ -46,13 +46,23 @@ def api_client(kube: KubeTestEnv) -> Any:
     return kube.api_client()
 
 
+#: The claim the tests' runs name as storage.pvc (the operator waits until it exists).
+CLAIM = "spa-runs"
+
+
 @pytest.fixture
 def namespace(api_client: Any) -> str:
-    """A fresh namespace per test (never deleted: there is no namespace controller)."""
+    """A fresh namespace per test (never deleted: there is no namespace controller), with the
+    PersistentVolumeClaim the runs use (no volume behind it: nothing here mounts it)."""
     from kubernetes import client
 
     name = f"t-{uuid.uuid4().hex[:10]}"
-    client.CoreV1Api(api_client).create_namespace({"metadata": {"name": name}})
+    core = client.CoreV1Api(api_client)
+    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespaced_persistent_volume_claim(name, {
+        "metadata": {"name": CLAIM},
+        "spec": {"accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": "1Gi"}}}})
     return name
 
 

@@ -256,6 +256,31 @@ def test_later_iterations_serve_the_previous_checkpoint_under_the_same_name() ->
     c = vllm(iteration=2)
     assert arg(c, "--model") == "/spa/storage/runs/harmless/iter-01/train/checkpoint-final"
     assert arg(c, "--served-model-name") == MODEL
+    assert {"name": "storage", "mountPath": "/spa/storage", "readOnly": True} in \
+        c["volumeMounts"]
+
+
+def test_a_generator_serving_a_hub_model_does_not_mount_the_runs_volume() -> None:
+    # A ReadWriteOnce claim attaches to one node at a time: the pipeline pod needs it.
+    deployment = build_generator_deployment(OWNER, SPEC, CONFIG, 0)
+    assert "storage" not in {v["name"] for v in pod_spec(deployment)["volumes"]}
+
+
+def test_every_pod_runs_non_root_with_no_privilege_and_owns_a_fresh_volume() -> None:
+    for obj in all_children():
+        if obj["kind"] not in ("Deployment", "Job"):
+            continue
+        pod = pod_spec(obj)
+        assert pod["securityContext"] == {
+            "runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"}}, obj["metadata"]["name"]
+        for c in pod.get("initContainers", []) + pod["containers"]:
+            assert c["securityContext"] == {"allowPrivilegeEscalation": False,
+                                            "capabilities": {"drop": ["ALL"]}}, c["name"]
+    vllm_env = env_of(pod_spec(build_generator_deployment(OWNER, SPEC, CONFIG, 0))
+                      ["containers"][0])
+    assert vllm_env["HOME"] == "/tmp"  # vLLM's images assume root's HOME
 
 
 def test_object_store_checkpoints_are_fetched_by_an_init_container() -> None:

@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -231,12 +230,9 @@ def test_every_rendering_applies_server_side(helm: str, cluster: Any,
 
 
 @pytest.fixture
-def watched(api_client: Any) -> str:
-    from kubernetes import client
-
-    name = f"t-{uuid.uuid4().hex[:10]}"
-    client.CoreV1Api(api_client).create_namespace({"metadata": {"name": name}})
-    return name
+def watched(namespace: str) -> str:
+    """The namespace the chart's operator watches (with the claim its runs use)."""
+    return namespace
 
 
 @pytest.mark.kube
@@ -285,7 +281,7 @@ def test_the_operator_as_the_chart_starts_it_reconciles_a_run(
                 "alignment.spa.dev", "v1alpha1", watched, "spaalignmentruns", {
                     "apiVersion": "alignment.spa.dev/v1alpha1", "kind": "SPAAlignmentRun",
                     "metadata": {"name": "charted"},
-                    "spec": {"model": {"name": "org/model"}, "storage": {"pvc": "runs"},
+                    "spec": {"model": {"name": "org/model"}, "storage": {"pvc": "spa-runs"},
                              "generator": {"backend": "openai", "gpus": 1},
                              "training": {"gpusPerNode": 1}}})
             apps = client.AppsV1Api(api_client)

@@ -182,6 +182,30 @@ def test_a_generator_that_cannot_be_scheduled_is_reported_then_fails_the_run(
         kubelet.apps.read_namespaced_deployment, "greedy-generator-0") is None)
 
 
+def test_a_run_waits_for_its_claim_holding_no_gpu_and_says_so(
+        operator: Any, api_client: Any, namespace: str) -> None:
+    kubelet = Kubelet(api_client, namespace)
+    kubelet.create_run("early", **{**SPEC, "storage": {"pvc": "not-yet"}})
+    status = kubelet.wait_status("early", "waiting for storage",
+                                 lambda s: s.get("phase") == "Pending")
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "ClaimNotFound")
+    assert f"PersistentVolumeClaim not-yet (storage.pvc) does not exist in namespace " \
+        f"{namespace}" in stalled["message"]
+    assert kubelet.apps.list_namespaced_deployment(namespace).items == []
+    # Once the claim exists, the run goes on.
+    kubelet.core.create_namespaced_persistent_volume_claim(namespace, {
+        "metadata": {"name": "not-yet"},
+        "spec": {"accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": "1Gi"}}}})
+    status = kubelet.wait_status("early", "generator", lambda s: s.get("stage") == "Generator"
+                                 and s.get("phase") == "Running")
+    stalled = next(c for c in status["conditions"] if c["type"] == "Stalled")
+    assert stalled["status"] == "False"
+    wait_for("the generator", lambda: kubelet.get(kubelet.apps.read_namespaced_deployment,
+                                                  "early-generator-0") is not None)
+
+
 def test_a_finished_job_deleted_mid_run_is_not_run_again(
         operator: Any, api_client: Any, namespace: str) -> None:
     kubelet = Kubelet(api_client, namespace)

@@ -68,8 +68,9 @@ status), and the children of a run. No wildcards; nothing it does not use.
   resources: [jobs]
   verbs: [get, list, watch, create, delete]
 - apiGroups: [""]
-  # Read-only: a failed stage's termination message, a finished stage's counts.
-  resources: [pods]
+  # Read-only: a failed stage's termination message, a finished stage's counts, why a pod
+  # waits; whether the run's storage.pvc exists.
+  resources: [pods, persistentvolumeclaims]
   verbs: [get, list, watch]
 - apiGroups: ["", events.k8s.io]
   resources: [events]

@@ -22,6 +22,7 @@ __all__ = [
     "job_spec_limits",
     "pod_labels",
     "pod_placement",
+    "pod_security_context",
     "secret_env",
     "selector_labels",
     "shm_volume",
@@ -140,13 +141,26 @@ def secret_env(name: str, ref: SecretKeyRef | None) -> list[dict[str, Any]]:
 
 
 def container_defaults(config: OperatorConfig) -> dict[str, Any]:
-    """Settings shared by every container: pull policy; failure output as termination message."""
+    """Settings shared by every container: pull policy; failure output as termination message;
+    no privilege (the restricted Pod Security Standard)."""
     return {
         "imagePullPolicy": config.image_pull_policy,
         # The last log lines become the termination message when a stage fails, so the
         # run's status can say why without anyone reading pod logs.
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {"allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}},
     }
+
+
+def pod_security_context(config: OperatorConfig) -> dict[str, Any]:
+    """Every pod runs as the images' non-root user, under the runtime's default seccomp
+    profile, with that user's group as fsGroup: the kubelet makes a fresh root-owned volume
+    (most block CSI drivers hand one out) group-writable, once (OnRootMismatch)."""
+    uid = config.run_as_user
+    return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid,
+            "fsGroupChangePolicy": "OnRootMismatch",
+            "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def shm_volume(config: OperatorConfig) -> tuple[dict[str, Any], dict[str, Any]]:

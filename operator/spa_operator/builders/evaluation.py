@@ -11,6 +11,7 @@ from spa_operator.builders.common import (
     Owner,
     container_defaults,
     pod_placement,
+    pod_security_context,
     secret_env,
     shm_volume,
     storage,
@@ -60,6 +61,7 @@ def build_evaluation_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
     }
     pod_spec = {
         **pod_placement(spec, spec.scheduling.evaluation),
+        "securityContext": pod_security_context(config),
         "initContainers": [container],
         "containers": [report],
         "volumes": [spec_vol, shm, *st.volumes],

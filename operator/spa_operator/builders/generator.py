@@ -23,6 +23,7 @@ from spa_operator.builders.common import (
     container_defaults,
     pod_labels,
     pod_placement,
+    pod_security_context,
     secret_env,
     selector_labels,
     shm_volume,
@@ -134,14 +135,19 @@ def build_generator_deployment(owner: Owner, spec: RunSpec, config: OperatorConf
     volumes = [shm]
     mounts = [shm_mount]
     init_containers = []
-    if st.is_volume:
+    if st.is_volume and model.startswith(config.storage_mount.rstrip("/") + "/"):
+        # Only when vLLM loads from the run's volume (a trained checkpoint): a ReadWriteOnce
+        # claim can then only be attached on one node, which the pipeline pod shares.
         volumes += st.volumes
         mounts += st.read_only_mounts()
     if fetch is not None:
         volumes.append({"name": "model", "emptyDir": {}})
         mounts.append({"name": "model", "mountPath": config.model_mount, "readOnly": True})
         init_containers.append(_fetch_container(st, fetch, model, config))
-    env = [*secret_env(HF_TOKEN_ENV, spec.model.token_secret_ref),
+    # vLLM's images run as root with HOME=/root; as the pods' non-root user, caches (and the
+    # Hugging Face download) go to a writable HOME.
+    env = [{"name": "HOME", "value": "/tmp"},
+           *secret_env(HF_TOKEN_ENV, spec.model.token_secret_ref),
            *secret_env(VLLM_API_KEY_ENV, gen.api_key_secret_ref)]
     container = {
         "name": "vllm",
@@ -161,6 +167,7 @@ def build_generator_deployment(owner: Owner, spec: RunSpec, config: OperatorConf
     }
     pod_spec: dict[str, Any] = {
         **pod_placement(spec, spec.scheduling.generator),
+        "securityContext": pod_security_context(config),
         "containers": [container],
         "volumes": volumes,
     }

@@ -16,6 +16,7 @@ from spa_operator.builders.common import (
     Owner,
     container_defaults,
     pod_placement,
+    pod_security_context,
     secret_env,
     storage,
 )
@@ -53,6 +54,7 @@ def build_pipeline_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
     ]
     pod_spec = {
         **pod_placement(spec, spec.scheduling.pipeline),
+        "securityContext": pod_security_context(config),
         "initContainers": containers[:-1],
         "containers": containers[-1:],
         "volumes": [spec_vol, *st.volumes],

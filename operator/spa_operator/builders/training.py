@@ -20,6 +20,7 @@ from spa_operator.builders.common import (
     child_metadata,
     container_defaults,
     pod_placement,
+    pod_security_context,
     selector_labels,
     shm_volume,
     storage,
@@ -133,6 +134,7 @@ def build_training_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
     }
     pod_spec = {
         **pod_placement(spec, spec.scheduling.training),
+        "securityContext": pod_security_context(config),
         # Pod hostname `<job>-<index>` under the headless Service: stable rendezvous address.
         "subdomain": names.training_service(owner.name, iteration),
         "containers": [container],
