@@ -351,10 +351,13 @@ import_image() {  # import_image DIR IMAGE: from buildah's store into the node's
         ctr_ "$d" images list -q "name==$image" | grep -qx "$image"; then
         return 0
     fi
-    # Older builds of the same repository go first (their layers are garbage-collected):
-    # this machine's disk holds few multi-GB images.
+    # Older builds of the same repository go first, their content and snapshots with them:
+    # this machine's disk holds few multi-GB images. --sync waits for containerd's garbage
+    # collection, which otherwise runs later, or never when the cluster stops first (its
+    # snapshots then stay in the cached root for good).
     ctr_ "$d" images list -q | grep "^${image%:*}:" | grep -vx "$image" |
-        xargs -r ctr --address "$(containerd_sock "$d")" --namespace k8s.io images rm >/dev/null || true
+        xargs -r ctr --address "$(containerd_sock "$d")" --namespace k8s.io images rm --sync \
+            >/dev/null || true
     tar="$(mktemp -u "${TMPDIR:-/tmp}/spa-image.XXXXXX.tar")"
     log "importing $image into the node's containerd"
     buildah push -q --disable-compression "$image" "oci-archive:$tar:$image" >/dev/null
