@@ -367,12 +367,25 @@ import_image() {  # import_image DIR IMAGE: from buildah's store into the node's
     echo "$id" >"$marker"
 }
 
+prune_unnamed() {  # prune_unnamed DIR: drop image records no name points to any more
+    # The CRI plugin keeps each image it has seen under its ID too (`sha256:<config>`): when
+    # a newer build replaces a name, that record alone holds the old image's content and
+    # snapshots (several GB) in the cached root. Records of images still named stay.
+    local d="$1" named
+    named="$(ctr_ "$d" images list | awk 'NR > 1 && $1 !~ /^sha256:/ {print $3}')"
+    ctr_ "$d" images list | awk 'NR > 1 && $1 ~ /^sha256:/ {print $1, $3}' |
+        while read -r ref digest; do grep -qxF "$digest" <<<"$named" || echo "$ref"; done |
+        xargs -r ctr --address "$(containerd_sock "$d")" --namespace k8s.io images rm --sync \
+            >/dev/null || true
+}
+
 cmd_load() {
     local d
     d="$(default_dir)"
     (($#)) || die "usage: $0 load IMAGE..."
     local image
     for image in "$@"; do import_image "$d" "$image"; done
+    prune_unnamed "$d"
 }
 
 # --- stop ------------------------------------------------------------------------------------
