@@ -168,7 +168,7 @@ def _latest(kind: str, namespace: str, name: str, uid: str) -> Iterator[dict[str
         lock = _locks.setdefault(uid, threading.Lock())
     with lock:
         try:
-            latest = client.CustomObjectsApi(_api_client()).get_namespaced_custom_object(
+            latest = _cluster().custom.get_namespaced_custom_object(
                 API_GROUP, VERSION, namespace, _PLURALS[kind], name)
         except ApiException as exc:
             if exc.status != 404:
@@ -180,7 +180,7 @@ def _latest(kind: str, namespace: str, name: str, uid: str) -> Iterator[dict[str
 def _write_status(kind: str, obj: dict[str, Any], status: dict[str, Any]) -> None:
     """Merge `status` into the object's status subresource."""
     meta = obj["metadata"]
-    client.CustomObjectsApi(_api_client()).patch_namespaced_custom_object_status(
+    _cluster().custom.patch_namespaced_custom_object_status(
         API_GROUP, VERSION, meta["namespace"], _PLURALS[kind], meta["name"], {"status": status})
 
 
@@ -200,7 +200,7 @@ def _poster(obj: dict[str, Any]) -> Callable[[str, str, str], None]:
                  "source": {"component": COMPONENT},
                  "reportingComponent": COMPONENT, "reportingInstance": socket.gethostname()}
         try:
-            client.CoreV1Api(_api_client()).create_namespaced_event(meta["namespace"], event)
+            _cluster().core.create_namespaced_event(meta["namespace"], event)
         except ApiException as exc:  # an event is a courtesy: never fail the reconciliation
             log.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"],
                         meta["name"], exc.reason)

@@ -96,11 +96,14 @@ def plan(owner: Owner, spec: RunSpec, config: OperatorConfig, progress: Progress
 
     last = spec.iterations.count - 1
     while True:
-        step = _plan_iteration(owner, spec, config, progress, iteration, children)
+        states = _iteration_states(owner, spec, progress, iteration, children.jobs)
+        step = _next_in_iteration(owner, spec, config, iteration, children, states)
         if step is not None:
+            step.finished = states.finished
+            if step.training_restarts is None:
+                step.training_restarts = states.attempt
             return step
         if iteration == last:
-            states = _iteration_states(owner, spec, progress, iteration, children.jobs)
             return Step("Succeeded", "Done", iteration, "Succeeded",
                         f"{spec.iterations.count} iteration(s) finished",
                         delete=_stale_generators(owner, children, None),
@@ -156,20 +159,9 @@ def _iteration_states(owner: Owner, spec: RunSpec, progress: Progress, i: int,
         evaluation=state("Evaluation", names.evaluation_job(owner.name, i)))
 
 
-def _plan_iteration(owner: Owner, spec: RunSpec, config: OperatorConfig, progress: Progress,
-                    i: int, children: Children) -> Step | None:
-    """The step within iteration `i`, or None when the iteration is finished."""
-    states = _iteration_states(owner, spec, progress, i, children.jobs)
-    step = _next_in_iteration(owner, spec, config, i, children, states)
-    if step is not None:
-        step.finished = states.finished
-        if step.training_restarts is None:
-            step.training_restarts = states.attempt
-    return step
-
-
 def _next_in_iteration(owner: Owner, spec: RunSpec, config: OperatorConfig, i: int,
                        children: Children, states: _IterationStates) -> Step | None:
+    """The step within iteration `i`, or None when the iteration is finished."""
     attempt, pipeline, training, evaluation = \
         states.attempt, states.pipeline, states.training, states.evaluation
     pipeline_name = names.pipeline_job(owner.name, i)
@@ -264,7 +256,8 @@ def with_deadlines(step: Step, owner: Owner, spec: RunSpec, children: Children,
             now - started > timedelta(seconds=run_limit):
         reason = "DeadlineExceeded"
         what = f"the run did not finish within spec.activeDeadlineSeconds ({run_limit} s)"
-    elif step.phase == "Running" and step.stage == "Generator" and now - stage_started > timedelta(seconds=start_limit):
+    elif step.phase == "Running" and step.stage == "Generator" and \
+            now - stage_started > timedelta(seconds=start_limit):
         reason = "GeneratorStartTimeout"
         what = (f"vLLM ({names.generator_deployment(owner.name, step.iteration)}) did not pass "
                 f"its /health check within generator.startDeadlineSeconds ({start_limit} s)")

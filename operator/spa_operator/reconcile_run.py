@@ -141,8 +141,7 @@ def reconcile_run(run: RunObject, cluster: Cluster, config: OperatorConfig,
         message = str(exc)
         post_event("Warning", "InvalidSpec", message)
         raise InvalidObject(message, _failed_status(run, "InvalidSpec", message, now)) from None
-    stuck = trouble(list(children.jobs.values()), list(children.pods.values())) \
-        if step.phase == "Running" else None
+    stuck = None
     if step.phase == "Running" and spec.storage.pvc and \
             cluster.claim(run.namespace, spec.storage.pvc) is None:
         # Nothing is created (no GPU is held) until the run's volume exists.
@@ -151,6 +150,8 @@ def reconcile_run(run: RunObject, cluster: Cluster, config: OperatorConfig,
         step = replace(step, phase="Pending", reason="WaitingForStorage",
                        message=f"waiting for PersistentVolumeClaim {spec.storage.pvc}",
                        ensure=[], delete=[])
+    elif step.phase == "Running":
+        stuck = trouble(list(children.jobs.values()), list(children.pods.values()))
     same_stage = (status.get("stage"), status.get("iteration")) == (step.stage, step.iteration)
     # spec.activeDeadlineSeconds counts from the start, or from the last retry.
     started = parse_time(status.get("lastRetryTime") or status.get("startTime"))

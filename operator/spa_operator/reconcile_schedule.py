@@ -20,7 +20,7 @@ from typing import Any
 from croniter import croniter
 
 from spa_core.schedule_spec import ScheduleSpec, parse_schedule
-from spa_core.spec import API_VERSION, SpecError
+from spa_core.spec import API_GROUP, API_VERSION, SpecError
 from spa_operator import names
 from spa_operator.builders.common import Owner, training_gpus
 from spa_operator.conditions import set_condition
@@ -219,15 +219,16 @@ class ScheduleCluster:
     """The API calls a schedule needs (runs are custom objects)."""
 
     def __init__(self, api_client: Any) -> None:
-        from kubernetes import client
+        from spa_operator.cluster import Cluster
 
-        self.custom = client.CustomObjectsApi(api_client)
+        self._cluster = Cluster(api_client)
+        self.custom = self._cluster.custom
 
     def runs(self, namespace: str, schedule: str) -> list[dict[str, Any]]:
         from spa_operator import crd
 
         listed = self.custom.list_namespaced_custom_object(
-            "alignment.spa.dev", crd.VERSION, namespace, crd.RUN_PLURAL,
+            API_GROUP, crd.VERSION, namespace, crd.RUN_PLURAL,
             label_selector=f"{SCHEDULE_LABEL}={schedule}")
         return list(listed.get("items") or [])
 
@@ -238,7 +239,7 @@ class ScheduleCluster:
 
         try:
             self.custom.create_namespaced_custom_object(
-                "alignment.spa.dev", crd.VERSION, run["metadata"]["namespace"], crd.RUN_PLURAL,
+                API_GROUP, crd.VERSION, run["metadata"]["namespace"], crd.RUN_PLURAL,
                 run)
         except ApiException as exc:
             if exc.status == 409:
@@ -248,9 +249,8 @@ class ScheduleCluster:
 
     def delete_run(self, namespace: str, name: str) -> bool:
         from spa_operator import crd
-        from spa_operator.cluster import Cluster
 
-        return Cluster(self.custom.api_client).delete(namespace, crd.RUN_KIND, name)
+        return self._cluster.delete(namespace, crd.RUN_KIND, name)
 
 
 def reconcile_schedule(obj: ScheduleObject, cluster: ScheduleCluster, post_event: PostEvent,

@@ -19,6 +19,14 @@ from waiting import wait_for
 GROUP, VERSION = "alignment.spa.dev", "v1alpha1"
 RUNS, SCHEDULES = "spaalignmentruns", "spaalignmentschedules"
 TIMEOUT = 60.0
+#: A run on GPUs (the harness plays its pods): vLLM on one GPU, training on 2 nodes x 8.
+GPU_RUN: dict[str, Any] = {
+    "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
+    "prompts": {"builtin": "harmlessness"},
+    "generator": {"backend": "openai", "gpus": 1},
+    "training": {"nodes": 2, "gpusPerNode": 8},
+    "storage": {"pvc": "spa-runs"},
+}
 
 
 def _now() -> str:

@@ -7,17 +7,10 @@ import threading
 from typing import Any
 
 import pytest
+from operator_harness import GPU_RUN as SPEC
 from operator_harness import Kubelet
 
 pytestmark = pytest.mark.kube
-
-SPEC: dict[str, Any] = {
-    "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
-    "prompts": {"builtin": "harmlessness"},
-    "generator": {"backend": "openai", "gpus": 1},
-    "training": {"nodes": 1, "gpusPerNode": 8},
-    "storage": {"pvc": "spa-runs"},
-}
 
 
 @pytest.fixture

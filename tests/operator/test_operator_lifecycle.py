@@ -6,17 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from operator_harness import GPU_RUN as SPEC
 from operator_harness import Kubelet, running_operator, wait_for
 
 pytestmark = pytest.mark.kube
-
-SPEC: dict[str, Any] = {
-    "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
-    "prompts": {"builtin": "harmlessness"},
-    "generator": {"backend": "openai", "gpus": 1},
-    "training": {"nodes": 2, "gpusPerNode": 8},
-    "storage": {"pvc": "spa-runs"},
-}
 
 
 def job_names(kubelet: Kubelet) -> set[str]:

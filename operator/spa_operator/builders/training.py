@@ -106,9 +106,9 @@ def build_training_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
     shm, shm_mount = shm_volume(config)
     dist_file = posixpath.join(config.distributed_mount, FILES[tr.strategy])
     resources: dict[str, Any] = {}
-    if training_gpus(spec) > 0:
-        gpus = str(training_gpus(spec))
-        resources = {"limits": {"nvidia.com/gpu": gpus}, "requests": {"nvidia.com/gpu": gpus}}
+    if (gpus := training_gpus(spec)) > 0:
+        resources = {"limits": {"nvidia.com/gpu": str(gpus)},
+                     "requests": {"nvidia.com/gpu": str(gpus)}}
     container = {
         "name": "trainer",
         "image": config.trainer_image,
