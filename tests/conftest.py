@@ -96,3 +96,101 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def _tail(path, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+class S3Bucket:
+    """A fresh versioned bucket on the test's S3-compatible server, and the environment that
+    points a process at it the way a pod's credentials Secret does (botocore and s3fs read
+    AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)."""
+
+    def __init__(self, name: str, env: dict[str, str], requests: list[str]) -> None:
+        import boto3
+        import s3fs
+
+        self.name = name
+        self.env = env
+        self._requests = requests
+        self.client = boto3.client(
+            "s3", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        self.client.create_bucket(Bucket=name)
+        # Every PUT leaves a version: tests can tell how often an object was written.
+        self.client.put_bucket_versioning(Bucket=name,
+                                          VersioningConfiguration={"Status": "Enabled"})
+        self.fs = s3fs.S3FileSystem(
+            key=env["AWS_ACCESS_KEY_ID"], secret=env["AWS_SECRET_ACCESS_KEY"],
+            endpoint_url=env["AWS_ENDPOINT_URL"], skip_instance_cache=True, use_listings_cache=False)
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.name}/{key}"
+
+    def keys(self, prefix: str) -> list[str]:
+        """Keys of the objects under `prefix/` now, relative to it, sorted."""
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.name, Prefix=prefix.rstrip("/") + "/")
+        return sorted(o["Key"][len(prefix.rstrip("/")) + 1:]
+                      for page in pages for o in page.get("Contents", []))
+
+    def puts(self, prefix: str) -> list[str]:
+        """Keys under `prefix/` in the order the server received their PUT requests."""
+        import re
+
+        path = re.escape(f"/{self.name}/{prefix.rstrip('/')}/")
+        return [m.group(1) for line in list(self._requests)
+                if (m := re.search(rf'"PUT {path}(\S+) HTTP', line))]
+
+    def versions(self, prefix: str) -> dict[str, list[dict]]:
+        """Every version and delete marker of each key under `prefix/`, oldest first."""
+        pages = self.client.get_paginator("list_object_versions").paginate(
+            Bucket=self.name, Prefix=prefix.rstrip("/") + "/")
+        found: dict[str, list[dict]] = {}
+        for page in pages:
+            for kind in ("Versions", "DeleteMarkers"):
+                for v in page.get(kind, []):
+                    found.setdefault(v["Key"][len(prefix.rstrip("/")) + 1:], []).append(
+                        {**v, "deleted": kind == "DeleteMarkers"})
+        return {k: sorted(v, key=lambda x: x["LastModified"]) for k, v in found.items()}
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[tuple[dict[str, str], list[str]]]:
+    """moto's S3-compatible server (ThreadedMotoServer) on loopback; yields the environment
+    of a client with credentials for it, and the log of the requests it served, in order."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    requests: list[str] = []
+
+    class Record(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            requests.append(record.getMessage())
+
+    access_log = logging.getLogger("werkzeug")  # one INFO line per request
+    access_log.setLevel(logging.INFO)
+    access_log.propagate = False
+    access_log.addHandler(Record())
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "spa-test-key",
+            "AWS_SECRET_ACCESS_KEY": "spa-test-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }, requests
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: tuple[dict[str, str], list[str]],
+              request: pytest.FixtureRequest) -> S3Bucket:
+    """A new bucket for one test (named after it)."""
+    import re
+    import uuid
+
+    stem = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    return S3Bucket(f"{stem}-{uuid.uuid4().hex[:8]}", *s3_server)

@@ -11,6 +11,9 @@ the Trainer would silently train with DDP. `_fsdp_on_cpu` makes that one decisio
 way; everything after it (fully_shard on a CPU mesh, sharded torch.distributed.checkpoint
 saves and loads, the gathered final save) is the code a GPU run goes through.
 
+OUTPUT_DIR may be an object store's URI (s3://...): the ranks then train in the node's scratch
+directory and keep the checkpoints on the store, as the train stage does on one.
+
 `--die-at-step N` raises on rank 0 when step N is logged, i.e. after checkpoint-(N-1) was
 saved and before checkpoint-N is; torchrun then stops the other rank, as a killed pod would.
 """
@@ -18,6 +21,7 @@ saved and before checkpoint-N is; torchrun then stops the other rank, as a kille
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 from dataclasses import asdict
@@ -57,6 +61,7 @@ def main() -> None:
 
     from spa_core.spec import TrainingSpec
     from spa_core.training import train
+    from spa_core.training.checkpoints import scratch_dir
 
     logs: list[dict[str, Any]] = []
 
@@ -70,17 +75,18 @@ def main() -> None:
     # Two ranks of one pair per step: the same batches as one process of two pairs per step.
     spec = TrainingSpec(max_steps=opts.max_steps, per_device_batch_size=1, learning_rate=1e-2,
                         warmup_ratio=0.0, max_length=64, max_completion_length=32)
-    result = train(opts.pairs, model_path=opts.model, gguf_file=None, output_dir=opts.output_dir,
-                   spec=spec, device="cpu", on_log=on_log, save_steps=1)
-    state = AcceleratorState()
+    store = opts.output_dir if "://" in opts.output_dir else None
+    with contextlib.ExitStack() as stack:
+        output_dir = str(stack.enter_context(scratch_dir(store))) if store else opts.output_dir
+        result = train(opts.pairs, model_path=opts.model, gguf_file=None, output_dir=output_dir,
+                       spec=spec, device="cpu", on_log=on_log, save_steps=1, store=store)
     if int(os.environ["RANK"]) == 0:
-        record = {
-            "result": asdict(result),
-            "logs": logs,
-            "world_size": state.num_processes,
-            "distributed_type": str(state.distributed_type),
-            "fsdp_version": state.fsdp_plugin.fsdp_version,
-        }
+        record: dict[str, Any] = {"result": asdict(result), "logs": logs}
+        if AcceleratorState._shared_state:  # not when a finished run's result came back at once
+            state = AcceleratorState()
+            record.update(world_size=state.num_processes,
+                          distributed_type=str(state.distributed_type),
+                          fsdp_version=state.fsdp_plugin.fsdp_version)
         with open(opts.result, "w") as f:
             json.dump(record, f)
 

@@ -2,11 +2,12 @@
 
 The trainer reads only `pairs/pairs.parquet` and writes a Hugging Face checkpoint to
 `train/checkpoint-final`; intermediate checkpoints under `train/` let a killed run resume.
+On an object store the ranks train on local disk, and the trainer keeps `train/checkpoint-N`
+and `train/checkpoint-final` on the store (`spa_core.training.checkpoints`).
 """
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 from spa_core.stages.context import StageContext
@@ -43,10 +44,12 @@ def run_train(ctx: StageContext) -> dict:
     if ctx.dir.is_local:
         output = Path(ctx.dir.path(STAGE))
         result = _train(ctx, train, model_path, gguf_file, output)
-    else:  # train on local disk, then upload the checkpoint
-        with tempfile.TemporaryDirectory(prefix="spa-train-") as tmp:
-            result = _train(ctx, train, model_path, gguf_file, Path(tmp))
-            ctx.dir.upload_dir(Path(result.checkpoint_dir), f"{STAGE}/checkpoint-final")
+    else:  # train on local disk; the trainer uploads the checkpoints
+        from spa_core.training.checkpoints import scratch_dir
+
+        store = ctx.dir.url(STAGE)
+        with scratch_dir(store) as scratch:
+            result = _train(ctx, train, model_path, gguf_file, scratch, store=store)
     stats = {
         "steps": result.steps,
         "final_loss": result.final_loss,
@@ -59,7 +62,8 @@ def run_train(ctx: StageContext) -> dict:
     return stats
 
 
-def _train(ctx: StageContext, train, model_path: str, gguf_file: str | None, output: Path):  # noqa: ANN001, ANN202
+def _train(ctx: StageContext, train, model_path: str, gguf_file: str | None, output: Path,  # noqa: ANN001, ANN202
+           store: str | None = None):
     # The generation backends hold a copy of the policy; free it before training.
     ctx.close()
     return train(
@@ -69,4 +73,5 @@ def _train(ctx: StageContext, train, model_path: str, gguf_file: str | None, out
         output_dir=str(output),
         spec=ctx.spec.training,
         report_to=list(ctx.spec.training.report_to),
+        store=store,
     )

@@ -8,7 +8,9 @@
 
 `train` is the one entry point: it resumes from the last complete `checkpoint-N` of its
 output directory and publishes `checkpoint-final` atomically (temp dir + rename), so a run
-whose final checkpoint exists returns at once.
+whose final checkpoint exists returns at once. With a `store` (an object store's URI) the
+checkpoints are kept there as well, and a restarted run resumes from the store's
+(`spa_core.training.checkpoints`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import json
 import logging
 import math
 import os
-import re
 import shutil
 import warnings
 from collections.abc import Callable
@@ -34,6 +35,13 @@ from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 from trl.import_utils import TRLExperimentalWarning
 
 from spa_core.spec import TrainingSpec, TrainingSpeedSpec
+from spa_core.training.checkpoints import (
+    FINAL_CHECKPOINT,
+    RESULT_FILE,
+    CheckpointStore,
+    checkpoint_step,
+    last_checkpoint,
+)
 from spa_core.training.data import PairsError, load_pairs, preference_dataset, sft_dataset
 from spa_core.training.distributed import training_arguments
 from spa_core.training.fast import (
@@ -63,12 +71,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The published checkpoint inside the output directory.
-FINAL_CHECKPOINT = "checkpoint-final"
-#: Written inside `checkpoint-final`: what `train` returned, so a rerun can return it again.
-RESULT_FILE = "spa_train_result.json"
 _PARTIAL = ".checkpoint-final.partial"
-_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+#: `checkpoint-N` kept (in the output directory and on a store).
+_SAVE_TOTAL_LIMIT = 2
 
 
 @dataclass(frozen=True)
@@ -266,21 +271,14 @@ class _ForwardLogs(TrainerCallback):
             self.receiver({**logs, "step": state.global_step})
 
 
-def last_checkpoint(output_dir: str | os.PathLike[str]) -> str | None:
-    """The highest `checkpoint-N` in `output_dir` that was completely written (its
-    trainer_state.json, the last file the Trainer writes, exists), or None."""
-    root = Path(output_dir)
-    if not root.is_dir():
-        return None
-    steps = sorted(
-        (int(m.group(1)), p)
-        for p in root.iterdir()
-        if p.is_dir() and (m := _CHECKPOINT.match(p.name))
-    )
-    for _, path in reversed(steps):
-        if (path / "trainer_state.json").is_file():
-            return str(path)
-    return None
+class _UploadCheckpoints(TrainerCallback):
+    """Uploads every `checkpoint-N` the Trainer saves to the store (every rank takes part)."""
+
+    def __init__(self, store: CheckpointStore) -> None:
+        self.store = store
+
+    def on_save(self, args, state, control, **kwargs):
+        self.store.save(Path(args.output_dir) / f"checkpoint-{state.global_step}")
 
 
 def _common_args(
@@ -309,7 +307,7 @@ def _common_args(
         logging_steps=1,
         save_strategy="steps",
         save_steps=save_steps,
-        save_total_limit=2,
+        save_total_limit=_SAVE_TOTAL_LIMIT,
         # TensorBoard writes under <output_dir>/runs/ (transformers' default).
         report_to=report_to or "none",
         disable_tqdm=True,
@@ -418,9 +416,12 @@ def _load_policy(model_path: str, gguf_file: str | None) -> PreTrainedModel:
 
 def _read_result(final: Path) -> TrainResult:
     path = final / RESULT_FILE
-    data = json.loads(path.read_text()) if path.is_file() else {}
+    return _stored_result(json.loads(path.read_text()) if path.is_file() else {}, str(final))
+
+
+def _stored_result(data: dict[str, Any], checkpoint_dir: str) -> TrainResult:
     return TrainResult(
-        checkpoint_dir=str(final),
+        checkpoint_dir=checkpoint_dir,
         steps=data.get("steps", 0),
         final_loss=data.get("final_loss"),
         log_history=data.get("log_history", []),
@@ -455,6 +456,7 @@ def train(
     report_to: list[str] | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
     save_steps: int | None = None,
+    store: str | None = None,
 ) -> TrainResult:
     """Train the policy at `model_path` (a directory, with `gguf_file` inside it, or a Hub id)
     on the pairs Parquet at `pairs_path` (local or fsspec URI) with `spec.loss`.
@@ -466,12 +468,24 @@ def train(
     None follows `spec.gpus_per_node` (unset: a GPU when one is visible; 0: the CPU; N: N
     usable GPUs, else GPUsUnavailable at once); CPUs train in fp32, GPUs in bf16 autocast.
     `on_log` receives every log record (main process only).
+
+    `store`: an fsspec URI (an object store) where the run's output is kept, `output_dir`
+    then being local scratch space (under torchrun, one per node: see
+    `checkpoints.scratch_dir`). Every `checkpoint-N` is uploaded there as the ranks save it,
+    the run resumes from the store's last complete one (never from `output_dir`'s),
+    `checkpoint-final` (and TensorBoard's `runs/`) is published there by rank 0, and the
+    result's `checkpoint_dir` is its URI.
     """
     from spa_core.models import load_tokenizer, resolve_device, training_device
 
     root = Path(output_dir)
     final = root / FINAL_CHECKPOINT
-    if final.is_dir():
+    mirror = CheckpointStore(store, keep=_SAVE_TOTAL_LIMIT) if store else None
+    if mirror is not None:
+        if (record := mirror.final_record()) is not None:
+            log.info("%s exists: training already done", mirror.url(FINAL_CHECKPOINT))
+            return _stored_result(record, mirror.url(FINAL_CHECKPOINT))
+    elif final.is_dir():
         log.info("%s exists: training already done", final)
         return _read_result(final)
 
@@ -481,6 +495,8 @@ def train(
     tokenizer = load_tokenizer(model_path, gguf_file)
     model = _load_policy(model_path, gguf_file)  # fp32 master weights, even under bf16
     callbacks: list[TrainerCallback] = [_ForwardLogs(on_log)] if on_log else []
+    if mirror is not None:
+        callbacks.append(_UploadCheckpoints(mirror))
     args = _common_args(spec, str(root), device, report_to, save_steps or spec.save_steps)
     trainer = _build_trainer(spec, model, tokenizer, pairs, args, callbacks)
 
@@ -488,10 +504,12 @@ def train(
         # accelerate turns FSDP on for GPUs only: several CPU processes train with DDP.
         log.warning("%s names FSDP, but accelerate did not enable it on %s: training with DDP",
                     os.environ.get("SPA_DISTRIBUTED_CONFIG"), device)
-    resume = last_checkpoint(root)
+    # On a store every rank resumes from the store's checkpoint: a node's scratch space
+    # holds only its own ranks' part of one.
+    resume = mirror.restore(root) if mirror is not None else last_checkpoint(root)
     if resume:
-        log.info("resuming from %s", resume)
-    resumed_from_step = int(_CHECKPOINT.match(Path(resume).name).group(1)) if resume else 0
+        log.info("resuming from %s", mirror.url(Path(resume).name) if mirror else resume)
+    resumed_from_step = (checkpoint_step(resume) or 0) if resume else 0
     output = trainer.train(resume_from_checkpoint=resume)
 
     partial = root / _PARTIAL
@@ -505,7 +523,7 @@ def train(
     trainer.save_model(str(partial))  # every rank: sharded models gather their weights
     log_history = _json_safe(trainer.state.log_history)
     result = TrainResult(
-        checkpoint_dir=str(final),
+        checkpoint_dir=mirror.url(FINAL_CHECKPOINT) if mirror else str(final),
         steps=trainer.state.global_step,
         final_loss=_final_loss(log_history),
         log_history=log_history,
@@ -519,7 +537,9 @@ def train(
         os.replace(partial, final)
         # The final checkpoint supersedes the resumable ones (weights + optimizer state).
         for path in root.iterdir():
-            if path.is_dir() and _CHECKPOINT.match(path.name):
+            if path.is_dir() and checkpoint_step(path) is not None:
                 shutil.rmtree(path, ignore_errors=True)
+        if mirror is not None:
+            mirror.publish(final, extra=["runs"])
     trainer.accelerator.wait_for_everyone()
     return result
