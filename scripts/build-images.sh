@@ -126,7 +126,7 @@ wheels_image() {
         "$UV" build --quiet --wheel --out-dir "$out" operator
         "$UV" export --quiet --frozen --no-dev --no-emit-project --no-hashes -o "$out/requirements-core.txt"
         "$UV" export --quiet --frozen --no-dev --no-emit-project --no-hashes --extra train \
-            --extra report --extra embedded -o "$out/requirements-train.txt"
+            --extra report --extra embedded --extra object-store -o "$out/requirements-train.txt"
         ctr="$(buildah from scratch)"
         buildah copy "$ctr" "$out" /wheels >/dev/null
         buildah commit -q "$ctr" "$image" >/dev/null

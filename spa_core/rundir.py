@@ -126,9 +126,25 @@ class RunDir:
         return target
 
     def upload_dir(self, local: Path, rel: str) -> None:
-        """Copy a local directory into the run directory (no-op when already there)."""
-        if self.is_local and Path(self.path(rel)).resolve() == local.resolve():
+        """Copy a local directory into the run directory (no-op when already there).
+
+        Locally it appears at once (a rename); on an object store, where a rename is a copy
+        of every object, each file is written once under its final name.
+        """
+        if not self.is_local:
+            self.put_files(local, rel)
+            return
+        if Path(self.path(rel)).resolve() == local.resolve():
             return
         tmp = f"{self.path(rel)}.tmp-{uuid.uuid4().hex}"
         self.fs.put(str(local), tmp, recursive=True)
         self._commit(tmp, self.path(rel))
+
+    def put_files(self, local: Path, rel: str, *, skip: str | None = None) -> None:
+        """Upload every file under the local directory `local` to `rel` (but `skip`, a path
+        relative to `local`), each file in one write under its final name."""
+        files = sorted(p for p in local.rglob("*")
+                       if p.is_file() and p.relative_to(local).as_posix() != skip)
+        if files:
+            self.fs.put([str(p) for p in files],
+                        [self.path(rel, p.relative_to(local).as_posix()) for p in files])

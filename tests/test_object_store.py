@@ -5,11 +5,14 @@ checkpoints there, resumes from them after a kill and publishes `checkpoint-fina
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,7 +41,8 @@ def put_last(bucket: S3Bucket, prefix: str, key: str) -> bool:
 
 def spa(*args: str, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*SPA, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "COLUMNS": "200", **env})
+                          timeout=timeout, check=False,
+                          env={**os.environ, "COLUMNS": "200", **env})
 
 
 @pytest.mark.slow
@@ -172,4 +176,70 @@ def test_pipeline_stages_write_and_read_an_s3_run_dir(tmp_path: Path, s3_bucket:
     assert evaluation["complete"]
     assert evaluation["stats"]["prompts"] == doc["spec"]["evaluation"]["count"]
     assert {"report.html", "report.md"} <= set(s3_bucket.keys(f"{prefix}/report"))
-    assert f"report: {run_dir}/report/report.html" in out.stdout
+    assert f"report: {run_dir}/report/report.html" in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_train_stage_on_two_ranks_resumes_from_the_store_after_the_group_is_killed(
+        tiny_model: str, tmp_path: Path, s3_bucket: S3Bucket) -> None:
+    """`spa train` under spa-torchrun, as the training Job runs it, on s3://: killed once a
+    checkpoint is on the store, run again as a new group, it resumes from that checkpoint."""
+    prefix = "runs/two-ranks"
+    pairs = f"{s3_bucket.name}/{prefix}/iter-00/pairs"
+    s3_bucket.fs.put_file(write_pairs(tmp_path / "pairs.parquet"), f"{pairs}/pairs.parquet")
+    s3_bucket.fs.pipe_file(f"{pairs}/_manifest.json", json.dumps({
+        "stage": "pairs", "config_hash": "recorded", "complete": True,
+        "stats": {"pairs": 4}}).encode())
+    spec = tmp_path / "run.yaml"
+    steps = 40
+    spec.write_text(yaml.safe_dump({
+        "apiVersion": "alignment.spa.dev/v1alpha1", "kind": "SPAAlignmentRun",
+        "metadata": {"name": "two-ranks"},
+        "spec": {"model": {"name": tiny_model},
+                 "training": {"maxSteps": steps, "saveSteps": 1, "perDeviceBatchSize": 1,
+                              "maxLength": 64, "maxCompletionLength": 32, "gpusPerNode": 0,
+                              "reportTo": []}}}))
+    env = {**os.environ, **s3_bucket.env, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    command = [str(Path(sys.executable).parent / "spa-torchrun"), "--standalone",
+               "--nproc-per-node", "2", "--no-python", *SPA, "train", str(spec),
+               "--run-dir", s3_bucket.url(prefix)]
+    train = f"{prefix}/iter-00/train"
+
+    log = tmp_path / "killed.log"
+    with log.open("wb") as sink:
+        group = subprocess.Popen(command, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and group.poll() is None:
+            if f"checkpoint-2/{CHECKPOINT_MARKER}" in s3_bucket.keys(train):
+                break
+            time.sleep(0.1)
+    finally:  # the group's pods are lost: torchrun and its ranks (each in its own session)
+        import psutil
+
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for process in [*psutil.Process(group.pid).children(recursive=True),
+                            psutil.Process(group.pid)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+        group.wait()
+    assert group.returncode == -signal.SIGKILL, log.read_text()[-6000:]
+    saved = max(int(k.split("/")[0].split("-")[1]) for k in s3_bucket.keys(train)
+                if k.endswith(f"/{CHECKPOINT_MARKER}"))
+    assert 2 <= saved < steps
+    assert not [k for k in s3_bucket.keys(train) if k.startswith("checkpoint-final/")]
+
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
+                         check=False)
+    assert out.returncode == 0, out.stderr[-6000:]
+    manifest = json.loads(s3_bucket.fs.cat_file(f"{s3_bucket.name}/{train}/_manifest.json"))
+    assert manifest["complete"] and manifest["stats"]["steps"] == steps
+    assert manifest["stats"]["resumed_from_step"] >= saved, out.stderr[-6000:]
+    # Both ranks finished; checkpoint-final was written once, by one of them.
+    final = s3_bucket.versions(f"{train}/checkpoint-final")
+    assert {"model.safetensors", RESULT_FILE} <= final.keys()
+    assert all(len(v) == 1 and not v[0]["deleted"] for v in final.values()), final
+    assert all(k.startswith("checkpoint-final/") or "/" not in k
+               for k in s3_bucket.keys(train))

@@ -150,6 +150,11 @@ class CheckpointStore:
         return [p for p in self.fs.ls(self.dir.root, detail=False)
                 if checkpoint_step(p) is not None]
 
+    def _remove(self, path: str) -> None:
+        # A listing can still name a prefix whose objects are gone (s3fs raises then).
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(path, recursive=True)
+
     def last_checkpoint(self) -> str | None:
         """Name of the newest complete `checkpoint-N` on the store, or None."""
         path = _newest_complete(self._checkpoints(), self.fs.isfile)
@@ -160,14 +165,6 @@ class CheckpointStore:
         rel = f"{FINAL_CHECKPOINT}/{RESULT_FILE}"
         self.fs.invalidate_cache()
         return self.dir.read_json(rel) if self.dir.exists(rel) else None
-
-    def _put(self, local: Path, rel: str, *, skip: str | None = None) -> None:
-        """Upload every file under `local` to `rel` (but `skip`, relative to `local`)."""
-        files = sorted(p for p in local.rglob("*") if p.is_file()
-                       and p.relative_to(local).as_posix() != skip)
-        if files:
-            self.fs.put([str(p) for p in files],
-                        [self.dir.path(rel, p.relative_to(local).as_posix()) for p in files])
 
     def _put_file(self, local: Path, rel: str) -> None:
         self.fs.put_file(str(local), self.dir.path(rel))
@@ -183,7 +180,7 @@ class CheckpointStore:
         if _is_main():
             for path in self._checkpoints():
                 if not self.fs.isfile(posixpath.join(path, CHECKPOINT_MARKER)):
-                    self.fs.rm(path, recursive=True)
+                    self._remove(path)
         if name is None:
             _barrier()
             return None
@@ -208,14 +205,14 @@ class CheckpointStore:
         name = local.name
         _barrier()  # every rank's part is written
         if _is_local_main() and local.is_dir():
-            self._put(local, name, skip=CHECKPOINT_MARKER)
+            self.dir.put_files(local, name, skip=CHECKPOINT_MARKER)
         _barrier()  # every node's part is uploaded
         if _is_main():
             self._put_file(local / CHECKPOINT_MARKER, f"{name}/{CHECKPOINT_MARKER}")
             complete = sorted((checkpoint_step(p), p) for p in self._checkpoints()
                               if self.fs.isfile(posixpath.join(p, CHECKPOINT_MARKER)))
             for _, path in complete[:-self.keep]:
-                self.fs.rm(path, recursive=True)
+                self._remove(path)
         elif _is_local_main():
             step = checkpoint_step(local)
             for path in local.parent.iterdir():
@@ -229,8 +226,8 @@ class CheckpointStore:
         to upload as well (TensorBoard's `runs`)."""
         for name in extra:
             if (final.parent / name).is_dir():
-                self._put(final.parent / name, name)
-        self._put(final, FINAL_CHECKPOINT, skip=RESULT_FILE)
+                self.dir.put_files(final.parent / name, name)
+        self.dir.put_files(final, FINAL_CHECKPOINT, skip=RESULT_FILE)
         self._put_file(final / RESULT_FILE, f"{FINAL_CHECKPOINT}/{RESULT_FILE}")
         for path in self._checkpoints():
-            self.fs.rm(path, recursive=True)
+            self._remove(path)
