@@ -50,21 +50,21 @@ __all__ = ["SHAPES", "PairLengths", "Variant", "draw_lengths", "main", "parse_va
 #: Llama-shaped configurations (random init): hidden, intermediate, layers, heads, kv heads,
 #: vocabulary, tied embeddings.
 SHAPES: dict[str, dict[str, Any]] = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, vocab_size=512,
-                 tie_word_embeddings=True),
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,
+             "tie_word_embeddings": True},
     # SmolLM2-135M
-    "135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                 num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                 tie_word_embeddings=True),
+    "135m": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+             "num_attention_heads": 9, "num_key_value_heads": 3, "vocab_size": 49152,
+             "tie_word_embeddings": True},
     # Llama-3.2-1B
-    "1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-               num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-               tie_word_embeddings=True, rope_theta=500000.0),
+    "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+           "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+           "tie_word_embeddings": True, "rope_theta": 500000.0},
     # Llama-3.1-8B widths, 8 layers (2.27B parameters)
-    "8b-8l": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=8,
-                  num_attention_heads=32, num_key_value_heads=8, vocab_size=128256,
-                  tie_word_embeddings=False, rope_theta=500000.0),
+    "8b-8l": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 8,
+              "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
+              "tie_word_embeddings": False, "rope_theta": 500000.0},
 }
 #: `--prompt-tokens`, `--completion-tokens` by mode: the lengths of every pair (`fixed`);
 #: the caps of the drawn lengths, the trainer's own default limits (`mix`).
@@ -208,11 +208,11 @@ class _StepTimer:
         timer = self
 
         class Callback(TrainerCallback):
-            def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            def on_step_begin(self, args, state, control, **kwargs):
                 _synchronize()
                 timer.started = time.perf_counter()
 
-            def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+            def on_step_end(self, args, state, control, **kwargs):
                 _synchronize()
                 timer.durations.append(time.perf_counter() - timer.started)
 
