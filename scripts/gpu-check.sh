@@ -6,9 +6,10 @@
 #   scripts/gpu-check.sh wheels     # here: the missing packages, at uv.lock's versions, into .whl/
 #   scripts/gpu-check.sh run [OUT]  # there: install them, run the checks, results into OUT
 #
-# `run` writes OUT/gpu-tests.log and OUT/train_throughput.jsonl (one JSON line per shape and
-# variant; see `python -m spa_core.training.throughput --help`). SHAPES and VARIANTS override
-# the benchmark's; PYTHON the interpreter (default python3).
+# `run` writes OUT/gpu-tests.log and OUT/train_throughput.jsonl (one JSON line per shape,
+# lengths mode and variant; see `python -m spa_core.training.throughput --help`): the 135m,
+# 1b and 8b-8l shapes, each on the length mix and on fixed lengths. SHAPES, LENGTHS and
+# VARIANTS override them; PYTHON the interpreter (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,13 +50,14 @@ case "${1:-}" in
     "$PYTHON" -m pytest -p no:cacheprovider -o filterwarnings=default -m gpu -rA \
       tests/test_fast_paths.py 2>&1 | tee "$out/gpu-tests.log" || true
     read -r -a shapes <<< "${SHAPES:-135m 1b 8b-8l}"
+    read -r -a lengths <<< "${LENGTHS:-mix fixed}"
     read -r -a variants <<< "${VARIANTS:-trl spa spa:chunked_logprobs=false spa:padding_free=false}"
-    "$PYTHON" -m spa_core.training.throughput --shapes "${shapes[@]}" --variant "${variants[@]}" \
-      > "$out/train_throughput.jsonl"
+    "$PYTHON" -m spa_core.training.throughput --shapes "${shapes[@]}" --lengths "${lengths[@]}" \
+      --variant "${variants[@]}" > "$out/train_throughput.jsonl"
     cat "$out/train_throughput.jsonl"
     ;;
   *)
-    sed -n '2,12p' "$0" >&2
+    sed -n '2,13p' "$0" >&2
     exit 2
     ;;
 esac
