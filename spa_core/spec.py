@@ -28,6 +28,8 @@ __all__ = [
     "JudgeSpec",
     "ModelSpec",
     "ObjectivesSpec",
+    "PodMetadataOverride",
+    "PodTemplateOverride",
     "PromptsSpec",
     "RunSpec",
     "SPAAlignmentRun",
@@ -336,11 +338,15 @@ class GeneratorSpec(_Spec):
     image: Annotated[str | None, Field(max_length=512)] = None
     """vLLM image; the chart's default when unset."""
     replicas: Annotated[int, Field(ge=1, le=64)] = 1
-    """vLLM replicas."""
+    """vLLM servers behind the generator Service; the pipeline's `concurrency` connections
+    are spread across them (the Service balances each new connection)."""
     gpus: Annotated[int, Field(ge=0, le=16)] = 1
     """GPUs per vLLM replica."""
     tensor_parallel_size: Annotated[int, Field(ge=1, le=16)] = 1
-    """vLLM --tensor-parallel-size."""
+    """GPUs one copy of the model is split across (vLLM's --tensor-parallel-size)."""
+    data_parallel_size: Annotated[int, Field(ge=1, le=16)] = 1
+    """Copies of the model inside one vLLM server (--data-parallel-size), each on
+    tensorParallelSize GPUs; `replicas` adds whole servers behind the Service instead."""
     max_model_len: Annotated[int | None, Field(ge=256, le=1_048_576)] = None
     """vLLM --max-model-len."""
     extra_args: Annotated[list[Annotated[str, Field(max_length=512)]], Field(max_length=64)] = []
@@ -394,8 +400,37 @@ class StorageSpec(_Spec):
     """PersistentVolumeClaim mounted at the run directory (cluster runs)."""
     credentials_secret_ref: Annotated[str | None, Field(pattern=_DNS_LABEL, max_length=253)] = None
     """Secret whose keys become environment variables for object-store access."""
+    model_cache_pvc: Annotated[str | None, Field(pattern=_DNS_LABEL, max_length=253)] = None
+    """PersistentVolumeClaim for the Hugging Face cache (HF_HOME) of the vLLM, training and
+    evaluation pods, so base weights are downloaded once (cluster runs; ReadWriteMany when
+    those pods run on several nodes). Unset: each pod downloads into its own disk."""
     shard_size: Annotated[int, Field(ge=1, le=1_000_000)] = 256
     """Prompts per shard: the unit of resumption."""
+
+
+class PodMetadataOverride(_Spec):
+    """Labels and annotations added to a workload's pods (e.g. Multus' network annotation)."""
+
+    labels: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)] = {}
+    """Labels added to the pods; the operator's own (`alignment.spa.dev/*`,
+    `app.kubernetes.io/*`) cannot be changed."""
+    annotations: Annotated[dict[str, str], Field(max_length=64)] = {}
+    """Annotations added to the pods."""
+
+
+class PodTemplateOverride(_Spec):
+    """Merged over the pod template the operator builds, the way `kubectl patch` merges
+    (strategic merge: containers, initContainers, volumes and imagePullSecrets by `name`, env
+    by `name`, volumeMounts by `mountPath`, ports by `containerPort`; maps merge, other lists
+    and values replace, `null` removes). The API server validates the result before the run
+    starts. Operator-owned, rejected here: `restartPolicy`, `subdomain`, `hostname`, and the
+    `command` and `args` of the operator's containers."""
+
+    metadata: PodMetadataOverride = PodMetadataOverride()
+    """Labels and annotations of the pods."""
+    spec: dict[str, Any] = {}
+    """A partial Kubernetes PodSpec: env, resources, volumes, imagePullSecrets,
+    serviceAccountName, hostIPC, securityContext, ..."""
 
 
 class WorkloadSpec(_Spec):
@@ -407,6 +442,8 @@ class WorkloadSpec(_Spec):
     """Tolerations of this workload's pods (replace `scheduling.tolerations`)."""
     affinity: dict[str, Any] | None = None
     """Affinity of this workload's pods (replaces `scheduling.affinity`)."""
+    pod_template: PodTemplateOverride | None = None
+    """Merged over this workload's pods after `scheduling.podTemplate`."""
 
 
 class SchedulingSpec(_Spec):
@@ -422,6 +459,9 @@ class SchedulingSpec(_Spec):
     """Tolerations of every child pod (Kubernetes Toleration objects)."""
     affinity: dict[str, Any] | None = None
     """Affinity of every child pod (a Kubernetes Affinity object)."""
+    pod_template: PodTemplateOverride | None = None
+    """Merged over every child pod (e.g. imagePullSecrets, serviceAccountName); a workload's
+    own `podTemplate` is merged after it."""
     backoff_limit: Annotated[int, Field(ge=0, le=100)] = 2
     """Pod retries of each child Job before the run fails; training retries as a group
     instead (`training.maxRestarts`)."""
@@ -482,10 +522,11 @@ class RunSpec(_Spec):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunSpec:
-        if self.generator.tensor_parallel_size > max(self.generator.gpus, 1):
+        gen = self.generator
+        if gen.tensor_parallel_size * gen.data_parallel_size > max(gen.gpus, 1):
             raise ValueError(
-                f"generator.tensorParallelSize ({self.generator.tensor_parallel_size}) "
-                f"exceeds generator.gpus ({self.generator.gpus})"
+                f"generator.tensorParallelSize x dataParallelSize ({gen.tensor_parallel_size} "
+                f"x {gen.data_parallel_size}) exceeds generator.gpus ({gen.gpus})"
             )
         return self
 

@@ -78,7 +78,7 @@ def test_constitution_definitions_can_be_overridden() -> None:
         ({"prompts": {"count": 10}}, ["spec.prompts", "exactly one"]),
         ({"training": {"maxLength": 256, "maxCompletionLength": 512}},
          ["maxCompletionLength (512) must be less than maxLength (256)"]),
-        ({"generator": {"gpus": 1, "tensorParallelSize": 2}}, ["tensorParallelSize (2)"]),
+        ({"generator": {"gpus": 1, "tensorParallelSize": 2}}, ["tensorParallelSize x dataParallelSize (2 x 1)"]),
     ],
 )
 def test_invalid_spec_names_the_field_and_allowed_range(spec: dict, expected: list[str]) -> None:

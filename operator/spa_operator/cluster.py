@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from kubernetes import client
@@ -12,9 +13,23 @@ from spa_operator import crd
 from spa_operator.builders.common import RUN_LABEL
 from spa_operator.plan import Children
 
-__all__ = ["Cluster"]
+__all__ = ["Cluster", "Rejected"]
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+
+
+class Rejected(ValueError):
+    """The API server refused an object as invalid (422); the message is its own."""
+
+
+def _rejection(exc: ApiException) -> str | None:
+    """The API server's message when `exc` says the object is invalid, else None."""
+    if exc.status not in (400, 422):
+        return None
+    try:
+        return json.loads(exc.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return str(exc.body or exc.reason)
 
 
 class Cluster:
@@ -55,9 +70,7 @@ class Cluster:
         pods = self.core.list_namespaced_pod(namespace, label_selector=f"{JOB_NAME_LABEL}={job}")
         return [self._dict(p) for p in pods.items]
 
-    def create_if_absent(self, obj: dict[str, Any]) -> bool:
-        """Create `obj`; False when it already exists (children are never updated in place)."""
-        namespace = obj["metadata"]["namespace"]
+    def _create(self, obj: dict[str, Any], **options: Any) -> None:
         create = {
             "ConfigMap": self.core.create_namespaced_config_map,
             "Service": self.core.create_namespaced_service,
@@ -66,12 +79,36 @@ class Cluster:
             "NetworkPolicy": self.networking.create_namespaced_network_policy,
         }[obj["kind"]]
         try:
-            create(namespace, obj)
+            create(obj["metadata"]["namespace"], obj, **options)
+        except ApiException as exc:
+            if (message := _rejection(exc)) is not None:
+                raise Rejected(message) from None
+            raise
+
+    def create_if_absent(self, obj: dict[str, Any]) -> bool:
+        """Create `obj`; False when it already exists (children are never updated in place).
+        Raises Rejected when the API server finds it invalid."""
+        try:
+            self._create(obj)
         except ApiException as exc:
             if exc.status == 409:
                 return False
             raise
         return True
+
+    def validate(self, obj: dict[str, Any]) -> None:
+        """Have the API server admit `obj` without storing it (a dry-run create: defaulting,
+        validation, admission webhooks); raises Rejected with its message."""
+        try:
+            self._create(obj, dry_run="All")
+        except ApiException as exc:
+            if exc.status != 409:  # a dry run of what exists already passed once
+                raise
+        except Rejected as exc:
+            # A webhook with side effects refuses every dry run: that says nothing of `obj`,
+            # which the real create will have checked.
+            if "does not support dry run" not in str(exc):
+                raise
 
     def _delete_run(self, name: str, namespace: str, **options: Any) -> None:
         self.custom.delete_namespaced_custom_object(API_GROUP, crd.VERSION, namespace,

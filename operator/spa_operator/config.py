@@ -8,22 +8,29 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
+from importlib.metadata import version
 from typing import Any
 
-__all__ = ["OperatorConfig"]
+__all__ = ["IMAGE_TAG", "VLLM_IMAGE", "OperatorConfig"]
 
 _ENV_PREFIX = "SPA_OPERATOR_"
+#: The project's images are tagged with its version (images/build.sh), which is also the
+#: chart's appVersion: the operator defaults to the images of its own release, never :latest.
+IMAGE_TAG = version("spa-core")
+#: The vLLM image, pinned here; images/Dockerfile (the worker's base) and the chart's
+#: values.yaml name the same one (a test holds them to it).
+VLLM_IMAGE = "vllm/vllm-openai:v0.11.0"
 
 
 @dataclass(frozen=True)
 class OperatorConfig:
     """Defaults the builders use where a run's spec says nothing."""
 
-    worker_image: str = "ghcr.io/spa-dev/spa-worker:latest"
+    worker_image: str = f"ghcr.io/spa-dev/spa-worker:{IMAGE_TAG}"
     """Image with spa_core (no torch): the pipeline Job."""
-    trainer_image: str = "ghcr.io/spa-dev/spa-trainer:latest"
+    trainer_image: str = f"ghcr.io/spa-dev/spa-trainer:{IMAGE_TAG}"
     """Image with spa_core, torch, transformers and TRL: training and evaluation."""
-    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    vllm_image: str = VLLM_IMAGE
     """vLLM's OpenAI-compatible server, unless `generator.image` is set."""
     image_pull_policy: str = "IfNotPresent"
     """imagePullPolicy of every container."""
@@ -45,6 +52,21 @@ class OperatorConfig:
     """CPU request of the pipeline pod."""
     pipeline_memory: str = "4Gi"
     """Memory request (and limit) of the pipeline pod."""
+    generator_cpu: str = "4"
+    """CPU request of each vLLM server (tokenisation, scheduling and the API run on CPUs)."""
+    generator_memory: str = "32Gi"
+    """Memory request of each vLLM server (no limit: loading weights peaks above the steady
+    state)."""
+    trainer_cpu: str = "8"
+    """CPU request of each training node's pod and of the evaluation pod."""
+    trainer_memory: str = "64Gi"
+    """Memory request of each training node's pod and of the evaluation pod (no limit)."""
+    model_volume_size: str = "200Gi"
+    """Size limit of the emptyDir a generator copies a model from object storage into."""
+    scratch_mount: str = "/spa/scratch"
+    """Training pods' local scratch (TMPDIR) on a run directory on an object store."""
+    cache_mount: str = "/spa/cache"
+    """Where `storage.modelCachePvc` is mounted; HF_HOME is its `huggingface` folder."""
     metrics_port: int = 0
     """Port of the Prometheus /metrics endpoint (0: none; the chart sets 8080)."""
     network_policy: bool = False

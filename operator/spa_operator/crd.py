@@ -82,9 +82,10 @@ def model_rules(name: str) -> list[dict[str, Any]]:
                       ".maxCompletionLength")]
     if name == GeneratorSpec.__name__:
         tp = _value(GeneratorSpec, "tensor_parallel_size")
+        dp = _value(GeneratorSpec, "data_parallel_size")
         gpus = _value(GeneratorSpec, "gpus")
-        return [_rule(f"{tp} <= ({gpus} > 1 ? {gpus} : 1)",
-                      "tensorParallelSize must not exceed gpus",
+        return [_rule(f"{tp} * {dp} <= ({gpus} > 1 ? {gpus} : 1)",
+                      "tensorParallelSize x dataParallelSize must not exceed gpus",
                       ".tensorParallelSize")]
     return []
 

@@ -6,13 +6,14 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from spa_core.spec import API_VERSION, RunSpec, SpecError, parse_run
 from spa_core.stages.context import CHECKPOINT, iteration_dir
 from spa_operator import names
-from spa_operator.builders import Owner, storage, training_gpus
-from spa_operator.cluster import Cluster
+from spa_operator.builders import WORKLOADS, Owner, first_workloads, storage, training_gpus
+from spa_operator.builders.common import COMPONENT_LABEL
+from spa_operator.cluster import Cluster, Rejected
 from spa_operator.conditions import set_condition
 from spa_operator.config import OperatorConfig
 from spa_operator.crd import RUN_KIND
@@ -135,12 +136,13 @@ def reconcile_run(run: RunObject, cluster: Cluster, config: OperatorConfig,
         spec = _parse(run)
         storage(run.owner, spec, config)  # cluster-only checks, before anything is created
         training_gpus(spec)
+        if status.get("observedGeneration") != run.generation and \
+                (refusal := _admission(run, spec, cluster, config)) is not None:
+            _invalid(run, refusal, post_event, now)
         children = cluster.children(run.namespace, run.name)
         step = plan(run.owner, spec, config, Progress.from_status(status), children)
     except (SpecError, ClusterSpecError) as exc:
-        message = str(exc)
-        post_event("Warning", "InvalidSpec", message)
-        raise InvalidObject(message, _failed_status(run, "InvalidSpec", message, now)) from None
+        _invalid(run, str(exc), post_event, now)
     stuck = None
     if step.phase == "Running" and spec.storage.pvc and \
             cluster.claim(run.namespace, spec.storage.pvc) is None:
@@ -160,7 +162,11 @@ def reconcile_run(run: RunObject, cluster: Cluster, config: OperatorConfig,
                           now, stuck)
 
     for obj in step.ensure:
-        if cluster.create_if_absent(obj):
+        try:
+            created = cluster.create_if_absent(obj)
+        except Rejected as exc:
+            _invalid(run, _rejected(obj, spec, str(exc)), post_event, now)
+        if created:
             post_event("Normal", "Created", f"created {obj['kind']} {obj['metadata']['name']}")
     for kind, name in step.delete:
         if cluster.delete(run.namespace, kind, name):
@@ -170,6 +176,38 @@ def reconcile_run(run: RunObject, cluster: Cluster, config: OperatorConfig,
     if token := run.annotations.get(RETRY_ANNOTATION):
         new["retriedFor"] = token  # set before a failure, it is no request to retry that one
     return new
+
+
+def _invalid(run: RunObject, message: str, post_event: PostEvent, now: datetime) -> NoReturn:
+    post_event("Warning", "InvalidSpec", message)
+    raise InvalidObject(message, _failed_status(run, "InvalidSpec", message, now)) from None
+
+
+def _rejected(obj: dict[str, Any], spec: RunSpec, message: str) -> str:
+    """What to tell the user when the API server refused one of the run's objects."""
+    workload = (obj["metadata"].get("labels") or {}).get(COMPONENT_LABEL, "")
+    sched = spec.scheduling
+    overrides = []
+    if obj["kind"] in ("Job", "Deployment"):
+        if sched.pod_template is not None:
+            overrides.append("spec.scheduling.podTemplate")
+        if workload in WORKLOADS and getattr(sched, workload).pod_template is not None:
+            overrides.append(f"spec.scheduling.{workload}.podTemplate")
+    hint = f" (check {' and '.join(overrides)})" if overrides else ""
+    return (f"the API server rejects the run's {workload} {obj['kind']} "
+            f"{obj['metadata']['name']}{hint}: {message}")
+
+
+def _admission(run: RunObject, spec: RunSpec, cluster: Cluster,
+               config: OperatorConfig) -> str | None:
+    """Before anything is created: the API server validates the run's workloads as they will
+    be created (a dry run, podTemplate overrides merged in). Its refusal, or None."""
+    for obj in first_workloads(run.owner, spec, config).values():
+        try:
+            cluster.validate(obj)
+        except Rejected as exc:
+            return _rejected(obj, spec, str(exc))
+    return None
 
 
 def _status(run: RunObject, spec: RunSpec, step: Step, stuck: Trouble | None, cluster: Cluster,

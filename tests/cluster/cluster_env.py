@@ -51,19 +51,22 @@ class Cluster:
     def helm(self, *args: str, timeout: float = 300) -> str:
         return self._tool("helm", *args, timeout=timeout).stdout
 
-    def run_volume(self, namespace: str) -> Path:
-        """A PersistentVolume bound to the claim `spa-runs` in `namespace` (what the examples'
-        `storage.pvc` names): a fresh, root-owned folder on the node, as most provisioners hand
-        out a volume. A `local` volume, so the kubelet applies the pods' fsGroup to it (it does
-        not to hostPath volumes) and the runs' non-root pods can write. Returns the folder."""
+    def run_volume(self, namespace: str, claim: str = "spa-runs") -> Path:
+        """A PersistentVolume bound to the claim `claim` in `namespace` (by default what the
+        examples' `storage.pvc` names): a fresh, root-owned folder on the node, as most
+        provisioners hand out a volume. A `local` volume, so the kubelet applies the pods'
+        fsGroup to it (it does not to hostPath volumes) and the runs' non-root pods can write.
+        Returns the folder."""
         path = self.state_dir / "volumes" / namespace
+        if claim != "spa-runs":
+            path = path.with_name(f"{namespace}-{claim}")
         path.mkdir(parents=True, mode=0o755)
         os.chown(path, 0, 0)
         node = self.kubectl("get", "nodes", "-o", "jsonpath={.items[0].metadata.name}").strip()
         self.apply(f"""
 apiVersion: v1
 kind: PersistentVolume
-metadata: {{name: spa-runs-{namespace}}}
+metadata: {{name: {claim}-{namespace}}}
 spec:
   capacity: {{storage: 10Gi}}
   accessModes: [ReadWriteOnce]
@@ -75,15 +78,15 @@ spec:
       nodeSelectorTerms:
       - matchExpressions:
         - {{key: kubernetes.io/hostname, operator: In, values: [{node}]}}
-  claimRef: {{namespace: {namespace}, name: spa-runs}}
+  claimRef: {{namespace: {namespace}, name: {claim}}}
 ---
 apiVersion: v1
 kind: PersistentVolumeClaim
-metadata: {{name: spa-runs}}
+metadata: {{name: {claim}}}
 spec:
   accessModes: [ReadWriteOnce]
   storageClassName: ""
-  volumeName: spa-runs-{namespace}
+  volumeName: {claim}-{namespace}
   resources: {{requests: {{storage: 10Gi}}}}
 """, namespace)
         return path

@@ -3,7 +3,9 @@ vLLM for CPUs serving the embedded model as the generator Deployment (exported f
 file by an init container), the pipeline Job's stages in the worker image against it, the
 training Job's two pods under torchrun over gloo, and the evaluation Job with the report.
 
-The one run also goes through three faults, as a cluster deals them: the operator's pod is
+The run is the example with a model cache claim and pod template overrides added, as a
+platform team would adapt it to their cluster (`TUNED`). The one run also goes through three
+faults, as a cluster deals them: the operator's pod is
 deleted while the pipeline runs, a training pod is deleted once training has written a
 checkpoint, and the finished pipeline's Job is deleted while training runs again. The run
 must still succeed, with no child created twice and nothing finished redone. The tests below
@@ -12,6 +14,7 @@ share the run and each assert one part of what a user would check.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Iterator
@@ -35,6 +38,18 @@ SPEC = DOC["spec"]
 RELEASE_NAMESPACE = "spa-run-system"
 OPERATOR_SELECTOR = "app.kubernetes.io/name=spa-operator"
 RUN_SELECTOR = f"alignment.spa.dev/run={NAME}"
+#: What the run adds to the example: Hugging Face's cache on a claim, an annotation on every
+#: pod, and for the trainer an environment variable and a scratch volume.
+TUNED = {
+    "storage": {"modelCachePvc": "model-cache"},
+    "scheduling": {
+        "podTemplate": {"metadata": {"annotations": {"example.com/team": "alignment"}}},
+        "training": {"podTemplate": {"spec": {
+            "containers": [{"name": "trainer", "env": [{"name": "NCCL_DEBUG", "value": "WARN"}],
+                            "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}]}],
+            "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}}]}}},
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +65,10 @@ def operator(cluster: Cluster) -> Iterator[str]:
                  "--set", f"workloadImages.vllm={worker}",
                  "--set", f"workloadImages.trainer={trainer}",
                  "--set", "operator.pipelineMemory=6Gi",
+                 # A 2-CPU node: the generator runs beside the pipeline, two training pods
+                 # side by side.
+                 "--set", "operator.generatorCpu=500m", "--set", "operator.generatorMemory=2Gi",
+                 "--set", "operator.trainerCpu=500m", "--set", "operator.trainerMemory=2Gi",
                  "--wait", "--timeout", "5m", timeout=400)
     yield RELEASE_NAMESPACE
     cluster.helm("uninstall", "spa-run", "--namespace", RELEASE_NAMESPACE, "--wait",
@@ -69,12 +88,23 @@ class Run:
     killed_training_pod: str = ""
     checkpoint_at_kill: str = ""
     pipeline_job_deleted: bool = False
+    #: the model cache claim's folder on the node.
+    cache: Path | None = None
+    #: the generator's pod, as the API server had it while the pipeline ran.
+    generator_pod: dict[str, Any] = field(default_factory=dict)
 
 
 def _children(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
     items = json.loads(cluster.kubectl("-n", namespace, "get", "deploy,job,svc,configmap",
                                        "-l", RUN_SELECTOR, "-o", "json"))["items"]
     return {f"{o['kind']}/{o['metadata']['name']}": o for o in items}
+
+
+def _pods(cluster: Cluster, namespace: str, component: str) -> list[dict[str, Any]]:
+    """The run's pods of one workload (generator, pipeline, training, evaluation)."""
+    return json.loads(cluster.kubectl(
+        "-n", namespace, "get", "pods", "-l",
+        f"{RUN_SELECTOR},app.kubernetes.io/component={component}", "-o", "json"))["items"]
 
 
 def _operator_pod(cluster: Cluster) -> str:
@@ -124,14 +154,20 @@ def _kill_training_pod(cluster: Cluster, run: Run, checkpoint: str) -> None:
 def run(cluster: Cluster, operator: str) -> Iterator[Run]:
     namespace = f"t-run-{int(time.time())}"
     cluster.kubectl("create", "namespace", namespace)
-    faulted = Run(namespace, cluster.run_volume(namespace))
-    cluster.kubectl("-n", namespace, "apply", "-f", str(EXAMPLE))
+    faulted = Run(namespace, cluster.run_volume(namespace),
+                  cache=cluster.run_volume(namespace, "model-cache"))
+    doc = copy.deepcopy(DOC)
+    for section, values in TUNED.items():
+        doc["spec"][section] = {**doc["spec"].get(section, {}), **values}
+    cluster.apply(yaml.safe_dump(doc), namespace)
 
     def progress() -> dict[str, Any] | None:
         """Deal each fault once its moment comes; the run's status once it has finished."""
         status = (cluster.get("spar", NAME, namespace) or {}).get("status", {})
         if status.get("phase") in ("Succeeded", "Failed"):
             return status
+        if not faulted.generator_pod and status.get("stage") == "Pipeline":
+            faulted.generator_pod = next(iter(_pods(cluster, namespace, "generator")), {})
         if not faulted.operator_pods[0] and status.get("stage") == "Pipeline" and \
                 f"Job/{NAME}-pipeline-0" in _children(cluster, namespace):
             _restart_operator(cluster, faulted)
@@ -233,6 +269,48 @@ def test_a_finished_stage_whose_job_was_deleted_is_not_run_again(
     assert not [k for k in children if k.startswith(f"Deployment/{NAME}-generator")], children
     created = _events(cluster, run.namespace, "Created")
     assert created.count(f"created Deployment {NAME}-generator-0") == 1, created
+
+
+def _container(pod: dict[str, Any], name: str) -> dict[str, Any]:
+    spec = pod["spec"]
+    (c,) = [c for c in spec.get("initContainers", []) + spec["containers"] if c["name"] == name]
+    return c
+
+
+def test_pods_carry_the_model_cache_requests_and_the_runs_overrides(
+        cluster: Cluster, run: Run) -> None:
+    generator = run.generator_pod
+    assert generator, "the generator's pod was never seen"
+    loaders = [(generator, "vllm")]
+    loaders += [(p, "trainer") for p in _pods(cluster, run.namespace, "training")]
+    loaders += [(p, "evaluate") for p in _pods(cluster, run.namespace, "evaluation")]
+    assert len(loaders) >= 1 + 2 + 1, [p["metadata"]["name"] for p, _ in loaders]
+    for pod, name in loaders:
+        where = f"{pod['metadata']['name']}/{name}"
+        c = _container(pod, name)
+        assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "model-cache"}} \
+            in pod["spec"]["volumes"], where
+        env = {e["name"]: e.get("value") for e in c.get("env", [])}
+        assert env["HF_HOME"] == "/spa/cache/huggingface", where
+        # The chart's requests (set small for this 2-CPU node) reached every loader.
+        assert c["resources"]["requests"] == {"cpu": "500m", "memory": "2Gi"}, where
+        assert pod["metadata"]["annotations"]["example.com/team"] == "alignment", where
+    # The kubelet mounted the cache claim into the non-root pods: it gave it their group.
+    assert run.cache is not None and run.cache.stat().st_gid == 65532
+    # A saturated vLLM server is not restarted by a probe's 1 s default timeout.
+    vllm = _container(generator, "vllm")
+    assert vllm["livenessProbe"]["timeoutSeconds"] >= 10
+    assert vllm["readinessProbe"]["timeoutSeconds"] >= 10
+    # The training override: merged into the operator's trainer, which still ran its stage.
+    for pod in _pods(cluster, run.namespace, "training"):
+        trainer = _container(pod, "trainer")
+        env = {e["name"]: e.get("value") for e in trainer["env"]}
+        assert env["NCCL_DEBUG"] == "WARN" and "PET_NNODES" in env
+        assert {"name": "scratch", "mountPath": "/scratch"} in trainer["volumeMounts"]
+        assert trainer["command"][0] == "spa-torchrun" and trainer["args"][:2] == ["spa", "train"]
+    # Pods of other workloads did not get the training override.
+    for pod in _pods(cluster, run.namespace, "evaluation"):
+        assert "scratch" not in {v["name"] for v in pod["spec"]["volumes"]}
 
 
 def test_deleting_the_run_removes_every_child(cluster: Cluster, run: Run) -> None:

@@ -337,7 +337,7 @@ def test_the_embedded_model_is_exported_for_vllm_before_it_starts() -> None:
     target = f"{CONFIG.model_mount}/base"
     assert init["command"] == ["spa", "export-model", "embedded:smollm2-135m-instruct", target]
     assert init["image"] == CONFIG.worker_image
-    assert {"name": "model", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "model", "emptyDir": {"sizeLimit": CONFIG.model_volume_size}} in pod["volumes"]
     args = vllm(spec=spec)["args"]
     assert arg(vllm(spec=spec), "--model") == target
     # The served name stays the spec's, so the pipeline's requests need no change.
@@ -464,7 +464,8 @@ def test_sharding_config_is_mounted_from_a_config_map(strategy: str, file: str) 
 def test_cpu_training_requests_no_gpu() -> None:
     spec = make_spec(training={"nodes": 1, "gpusPerNode": 0})
     (c,) = pod_spec(build_training_job(OWNER, spec, CONFIG, 0))["containers"]
-    assert c["resources"] == {}
+    assert c["resources"] == {"requests": {"cpu": CONFIG.trainer_cpu,
+                                           "memory": CONFIG.trainer_memory}}
     assert env_of(c)["PET_NPROC_PER_NODE"] == "1"
 
 
@@ -521,3 +522,195 @@ def test_only_the_runs_pipeline_pods_may_reach_its_generator() -> None:
     assert not peer["podSelector"]["matchLabels"].items() <= training["labels"].items()
     assert rule["ports"] == [{"protocol": "TCP", "port": CONFIG.vllm_port}]
     assert policy["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+
+
+# --- resources, probes, the model cache ----------------------------------------------------
+
+def test_gpu_pods_request_cpu_and_memory_with_their_gpus_and_limit_only_the_gpus() -> None:
+    c = vllm()
+    assert c["resources"] == {
+        "requests": {"cpu": CONFIG.generator_cpu, "memory": CONFIG.generator_memory,
+                     "nvidia.com/gpu": "8"},
+        "limits": {"nvidia.com/gpu": "8"}}
+    (trainer,) = pod_spec(build_training_job(OWNER, SPEC, CONFIG, 0))["containers"]
+    assert trainer["resources"]["requests"] == {
+        "cpu": CONFIG.trainer_cpu, "memory": CONFIG.trainer_memory, "nvidia.com/gpu": "8"}
+    config = OperatorConfig.from_env({"SPA_OPERATOR_GENERATOR_CPU": "500m",
+                                      "SPA_OPERATOR_TRAINER_MEMORY": "2Gi"})
+    assert vllm_of(build_generator_deployment(OWNER, SPEC, config, 0))["resources"][
+        "requests"]["cpu"] == "500m"
+    (trainer,) = pod_spec(build_training_job(OWNER, SPEC, config, 0))["containers"]
+    assert trainer["resources"]["requests"]["memory"] == "2Gi"
+
+
+def vllm_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    (c,) = pod_spec(deployment)["containers"]
+    return c
+
+
+def test_vllm_probes_tolerate_a_busy_server() -> None:
+    c = vllm()
+    # The kubelet's default timeout is 1 s: a server saturated by the pipeline would be
+    # restarted by its liveness probe in the middle of a batch.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["timeoutSeconds"] >= 10, probe
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 3600
+
+
+def test_data_parallel_vllm_gets_its_flag_only_when_asked() -> None:
+    assert "--data-parallel-size" not in vllm()["args"]
+    spec = make_spec(generator={"gpus": 8, "tensorParallelSize": 2, "dataParallelSize": 4})
+    c = vllm(spec=spec)
+    assert arg(c, "--data-parallel-size") == "4" and arg(c, "--tensor-parallel-size") == "2"
+
+
+def test_a_fetched_model_is_copied_into_a_bounded_volume() -> None:
+    spec = make_spec(model={"name": "s3://bucket/models/llama"},
+                     storage={"pvc": None, "uri": "s3://bucket/spa/{name}"})
+    pod = pod_spec(build_generator_deployment(OWNER, spec, CONFIG, 0))
+    (model,) = [v for v in pod["volumes"] if v["name"] == "model"]
+    assert model["emptyDir"] == {"sizeLimit": CONFIG.model_volume_size}
+    (fetch,) = pod["initContainers"]
+    assert fetch["resources"]["limits"]["memory"]
+
+
+def test_a_model_cache_claim_is_hf_home_of_every_pod_that_loads_weights() -> None:
+    for obj in all_children():
+        if obj["kind"] in ("Deployment", "Job"):
+            assert "model-cache" not in json.dumps(obj)
+    spec = make_spec(storage={"modelCachePvc": "hf-cache"})
+    loaders = {"vllm": build_generator_deployment(OWNER, spec, CONFIG, 0),
+               "trainer": build_training_job(OWNER, spec, CONFIG, 0),
+               "evaluate": build_evaluation_job(OWNER, spec, CONFIG, 0)}
+    for name, obj in loaders.items():
+        pod = pod_spec(obj)
+        assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "hf-cache"}} in \
+            pod["volumes"], name
+        (c,) = [c for c in pod.get("initContainers", []) + pod["containers"] if c["name"] == name]
+        assert {"name": "model-cache", "mountPath": "/spa/cache"} in c["volumeMounts"], name
+        assert env_of(c)["HF_HOME"] == "/spa/cache/huggingface", name
+    # The pipeline talks to vLLM over HTTP: it loads no weights and does not hold the claim.
+    assert "model-cache" not in json.dumps(build_pipeline_job(OWNER, spec, CONFIG, 0))
+
+
+# --- podTemplate overrides -----------------------------------------------------------------
+
+def with_templates(run_wide: dict[str, Any] | None = None,
+                   **workloads: dict[str, Any]) -> RunSpec:
+    scheduling = SPEC.scheduling.model_dump(by_alias=True, exclude_none=True)
+    if run_wide is not None:
+        scheduling["podTemplate"] = run_wide
+    for workload, template in workloads.items():
+        scheduling[workload] = {"podTemplate": template}
+    return make_spec(scheduling=scheduling)
+
+
+def test_a_run_wide_pod_template_reaches_every_workload_and_stays_valid() -> None:
+    spec = with_templates({
+        "metadata": {"labels": {"team": "align"},
+                     "annotations": {"k8s.v1.cni.cncf.io/networks": "rdma-net"}},
+        "spec": {"imagePullSecrets": [{"name": "registry"}], "serviceAccountName": "spa-sa"}})
+    for obj in all_children(spec):
+        if obj["kind"] not in ("Deployment", "Job"):
+            continue
+        template = obj["spec"]["template"]
+        assert template["metadata"]["labels"]["team"] == "align"
+        assert template["metadata"]["labels"][COMPONENT_LABEL]  # the operator's stay
+        assert template["metadata"]["annotations"] == {"k8s.v1.cni.cncf.io/networks": "rdma-net"}
+        assert template["spec"]["imagePullSecrets"] == [{"name": "registry"}]
+        assert template["spec"]["serviceAccountName"] == "spa-sa"
+        assert _roundtrip(obj) == obj
+
+
+def test_a_workload_template_merges_containers_env_and_mounts_by_key() -> None:
+    spec = with_templates(
+        {"spec": {"hostIPC": False, "enableServiceLinks": False}},
+        training={"spec": {
+            "hostIPC": True,
+            "containers": [{
+                "name": "trainer",
+                "env": [{"name": "NCCL_IB_HCA", "value": "mlx5"},
+                        {"name": "PET_NNODES", "value": "2"}],
+                "resources": {"limits": {"rdma/ib": "1"}},
+                "volumeMounts": [{"name": "data", "mountPath": "/data"}],
+            }, {"name": "sidecar", "image": "busybox", "command": ["sleep", "inf"]}],
+            "volumes": [{"name": "data", "emptyDir": {}}],
+        }})
+    pod = pod_spec(build_training_job(OWNER, spec, CONFIG, 0))
+    base = pod_spec(build_training_job(OWNER, SPEC, CONFIG, 0))
+    trainer, sidecar = pod["containers"]
+    assert trainer["name"] == "trainer" and sidecar["name"] == "sidecar"
+    env = [e["name"] for e in trainer["env"]]
+    # Items keep their place; new ones come after; the workload's value beats the run's.
+    assert env[:len(base["containers"][0]["env"])] == [e["name"] for e in
+                                                       base["containers"][0]["env"]]
+    assert env_of(trainer)["NCCL_IB_HCA"] == "mlx5" and env[-1] == "NCCL_IB_HCA"
+    assert env.count("PET_NNODES") == 1 and env_of(trainer)["PET_NNODES"] == "2"
+    # The workload's template is merged after the run-wide one.
+    assert pod["hostIPC"] is True and pod["enableServiceLinks"] is False
+    assert trainer["resources"]["limits"] == {"nvidia.com/gpu": "8", "rdma/ib": "1"}
+    assert trainer["args"] == base["containers"][0]["args"]
+    assert {"name": "data", "mountPath": "/data"} in trainer["volumeMounts"]
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in trainer["volumeMounts"]
+    assert [v["name"] for v in pod["volumes"]] == [v["name"] for v in base["volumes"]] + ["data"]
+    # Other workloads got the run-wide part only.
+    generator = pod_spec(build_generator_deployment(OWNER, spec, CONFIG, 0))
+    assert generator["hostIPC"] is False and len(generator["containers"]) == 1
+
+
+def test_overriding_a_volume_replaces_its_source_and_null_removes_a_field() -> None:
+    spec = with_templates(training={"spec": {
+        "volumes": [{"name": "dshm", "hostPath": {"path": "/dev/shm"}}],
+        "priorityClassName": None}})
+    pod = pod_spec(build_training_job(OWNER, spec, CONFIG, 0))
+    (dshm,) = [v for v in pod["volumes"] if v["name"] == "dshm"]
+    assert dshm == {"name": "dshm", "hostPath": {"path": "/dev/shm"}}  # no emptyDir left
+    assert "priorityClassName" not in pod
+
+
+@pytest.mark.parametrize(("template", "field"), [
+    ({"spec": {"restartPolicy": "Always"}}, "scheduling.pipeline.podTemplate.spec.restartPolicy"),
+    ({"spec": {"containers": [{"name": "pairs", "command": ["sh"]}]}},
+     "scheduling.pipeline.podTemplate.spec.containers[name=pairs].command"),
+    ({"spec": {"initContainers": [{"name": "sample", "args": ["x"]}]}},
+     "scheduling.pipeline.podTemplate.spec.initContainers[name=sample].args"),
+    ({"metadata": {"labels": {COMPONENT_LABEL: "x"}}},
+     f"scheduling.pipeline.podTemplate.metadata.labels.{COMPONENT_LABEL}"),
+    ({"spec": {"volumes": [{"emptyDir": {}}]}},
+     "scheduling.pipeline.podTemplate.spec.volumes[0]"),
+    ({"spec": {"$patch": "replace"}}, "scheduling.pipeline.podTemplate.spec.$patch"),
+])
+def test_what_the_operator_owns_cannot_be_overridden(template: dict[str, Any],
+                                                     field: str) -> None:
+    spec = with_templates(pipeline=template)
+    with pytest.raises(ClusterSpecError) as err:
+        build_pipeline_job(OWNER, spec, CONFIG, 0)
+    assert f"spec.{field}:" in str(err.value)
+
+
+def test_overrides_are_checked_in_the_spec_too() -> None:
+    from spa_core.spec import SpecError, parse_run
+
+    doc = {"apiVersion": "alignment.spa.dev/v1alpha1", "kind": "SPAAlignmentRun",
+           "metadata": {"name": "x"},
+           "spec": {"model": {"name": MODEL},
+                    "scheduling": {"podTemplate": {"metadata": {"labels": {"a": "b"}},
+                                                   "spce": {}}}}}
+    with pytest.raises(SpecError, match=r"podTemplate\.spce"):
+        parse_run(doc)
+
+
+def test_object_store_training_gets_a_scratch_volume_as_tmpdir() -> None:
+    assert "scratch" not in json.dumps(build_training_job(OWNER, SPEC, CONFIG, 0))
+    spec = make_spec(storage={"pvc": None, "uri": "s3://bucket/spa/{name}"})
+    pod = pod_spec(build_training_job(OWNER, spec, CONFIG, 0))
+    assert {"name": "scratch", "emptyDir": {}} in pod["volumes"]
+    (trainer,) = pod["containers"]
+    assert env_of(trainer)["TMPDIR"] == "/spa/scratch"
+    assert {"name": "scratch", "mountPath": "/spa/scratch"} in trainer["volumeMounts"]
+    # A podTemplate puts it on the node's NVMe disk instead.
+    local = make_spec(storage={"pvc": None, "uri": "s3://bucket/spa/{name}"},
+                      scheduling={"training": {"podTemplate": {"spec": {"volumes": [
+                          {"name": "scratch", "hostPath": {"path": "/mnt/nvme/spa"}}]}}}})
+    pod = pod_spec(build_training_job(OWNER, local, CONFIG, 0))
+    assert {"name": "scratch", "hostPath": {"path": "/mnt/nvme/spa"}} in pod["volumes"]

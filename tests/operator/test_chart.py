@@ -27,6 +27,7 @@ IDS = ["default", *(p.stem for p in VALUES_FILES[1:])]
 RELEASE, RELEASE_NS = "spa", "spa-system"
 
 from kube_testenv import REQUIRE_ENV, binaries_dir
+from spa_operator.config import VLLM_IMAGE
 
 
 @pytest.fixture(scope="session")
@@ -179,11 +180,27 @@ def test_workload_images_default_to_the_charts_version(helm: str) -> None:
     version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     default = env(None)
     assert default["SPA_OPERATOR_WORKER_IMAGE"] == f"ghcr.io/spa-dev/spa-worker:{version}"
-    assert default["SPA_OPERATOR_VLLM_IMAGE"] == "vllm/vllm-openai:v0.11.0"
+    assert default["SPA_OPERATOR_VLLM_IMAGE"] == VLLM_IMAGE
     custom = env(VALUES / "custom.yaml")
     assert custom["SPA_OPERATOR_TRAINER_IMAGE"] == "registry.example.com/ml/spa-trainer:cu128"
     assert custom["SPA_OPERATOR_WORKER_IMAGE"] == f"registry.example.com/ml/spa-worker:{version}"
     assert custom["TZ"] == "UTC"
+
+
+def test_images_default_to_the_release_and_vllm_is_pinned_once() -> None:
+    """Outside the chart, too, the operator names its own release's images (no :latest), and
+    every place that names vLLM's image names the one spa_operator.config pins."""
+    from spa_operator.config import IMAGE_TAG, OperatorConfig
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert IMAGE_TAG == chart["appVersion"]
+    config = OperatorConfig()
+    for image in (config.worker_image, config.trainer_image):
+        assert image.endswith(f":{IMAGE_TAG}"), image
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["workloadImages"]["vllm"] == VLLM_IMAGE
+    dockerfile = (CHART.parent.parent / "images" / "Dockerfile").read_text()
+    assert f"ARG VLLM_IMAGE={VLLM_IMAGE}\n" in dockerfile
 
 
 # --- against the real API server ------------------------------------------------------------
@@ -238,7 +255,7 @@ def watched(namespace: str) -> str:
 @pytest.mark.kube
 def test_the_operator_as_the_chart_starts_it_reconciles_a_run(
         helm: str, cluster: Any, api_client: Any, watched: str, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        metrics_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Namespaced mode, for real: the chart's ServiceAccount and RBAC are created, and the
     operator runs with that ServiceAccount's token, the Deployment's args and its env."""
     from kubernetes import client
@@ -267,6 +284,9 @@ def test_the_operator_as_the_chart_starts_it_reconciles_a_run(
 
     for env in container["env"]:
         monkeypatch.setenv(env["name"], env["value"])
+    # A process serves /metrics once, on the first port asked for: the session's, which the
+    # other operator tests in this process scrape (not the chart's 8080).
+    monkeypatch.setenv("SPA_OPERATOR_METRICS_PORT", str(metrics_port))
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
     monkeypatch.setenv("SPA_OPERATOR_RECONCILE_SECONDS", "1")
     from spa_operator import handlers

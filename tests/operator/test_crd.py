@@ -94,10 +94,13 @@ def test_unknown_fields_are_preserved_only_in_free_form_kubernetes_objects(
     preserved = {path.split(".", 2)[-1] for path, node in nodes(schema_of(obj))
                  if node.get("x-kubernetes-preserve-unknown-fields")}
     prefix = "runTemplate." if obj is SCHEDULE else ""
-    allowed = {f"{prefix}scheduling.{p}" for p in ("tolerations[]", "affinity")}
+    # A pod template override's spec is a partial PodSpec, which the API server validates
+    # once merged (a dry-run create).
+    free_form = ("tolerations[]", "affinity", "podTemplate.spec")
+    allowed = {f"{prefix}scheduling.{p}" for p in free_form}
     allowed |= {f"{prefix}scheduling.{w}.{p}" for w in ("generator", "pipeline", "training",
                                                        "evaluation")
-                for p in ("tolerations[]", "affinity")}
+                for p in free_form}
     assert preserved == allowed
 
 

@@ -131,3 +131,53 @@ def test_a_spec_that_cannot_run_in_a_cluster_fails_naming_the_field(
     # Nothing was created for it.
     assert client.BatchV1Api(api_client).list_namespaced_job(namespace).items == []
     assert client.AppsV1Api(api_client).list_namespaced_deployment(namespace).items == []
+
+
+def test_a_pod_template_the_api_server_refuses_fails_the_run_before_anything_starts(
+        operator: Any, api_client: Any, namespace: str) -> None:
+    from kubernetes import client
+
+    kubelet = Kubelet(api_client, namespace)
+    # Valid for the CRD (a podTemplate's spec is a free-form PodSpec) and for the operator's
+    # own checks; only the API server knows a memory quantity cannot be "lots".
+    kubelet.create_run(
+        "greedy", model={"name": "org/model"}, generator={"backend": "openai", "gpus": 1},
+        training={"gpusPerNode": 0}, storage={"pvc": "spa-runs"},
+        scheduling={"training": {"podTemplate": {"spec": {"containers": [
+            {"name": "trainer", "resources": {"limits": {"memory": "lots"}}}]}}}})
+    status = kubelet.wait_status("greedy", "Failed", lambda s: s.get("phase") == "Failed")
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    message = ready["message"]
+    assert "training Job greedy-train-0" in message
+    assert "spec.scheduling.training.podTemplate" in message
+    assert "quantities must match" in message  # the API server's own words
+    assert any(e.reason == "InvalidSpec" and "quantities must match" in e.message
+               for e in kubelet.events("greedy"))
+    # The dry run created nothing, and the first workloads were never created either.
+    assert client.BatchV1Api(api_client).list_namespaced_job(namespace).items == []
+    assert client.AppsV1Api(api_client).list_namespaced_deployment(namespace).items == []
+
+
+def test_pod_templates_reach_the_pods_the_api_server_stores(
+        operator: Any, api_client: Any, namespace: str) -> None:
+    kubelet = Kubelet(api_client, namespace)
+    kubelet.create_run(
+        "tuned", model={"name": "org/model"}, generator={"backend": "openai", "gpus": 1},
+        training={"gpusPerNode": 0}, storage={"pvc": "spa-runs"},
+        scheduling={
+            "podTemplate": {"metadata": {"annotations": {"example.com/team": "align"}},
+                            "spec": {"imagePullSecrets": [{"name": "registry"}]}},
+            "generator": {"podTemplate": {"spec": {"containers": [
+                {"name": "vllm", "env": [{"name": "VLLM_LOGGING_LEVEL", "value": "DEBUG"}],
+                 "resources": {"limits": {"memory": "40Gi"}}}]}}}})
+    deployment = wait_for("generator created", lambda: kubelet.get(
+        kubelet.apps.read_namespaced_deployment, "tuned-generator-0"))
+    template = deployment.spec.template
+    assert template.metadata.annotations == {"example.com/team": "align"}
+    assert [s.name for s in template.spec.image_pull_secrets] == ["registry"]
+    (vllm,) = template.spec.containers
+    assert {e.name: e.value for e in vllm.env}["VLLM_LOGGING_LEVEL"] == "DEBUG"
+    assert vllm.resources.limits == {"memory": "40Gi", "nvidia.com/gpu": "1"}
+    assert vllm.args[:2] == ["--model", "org/model"]  # the operator's command stays
+    assert kubelet.status_of("tuned").get("phase") != "Failed"

@@ -20,9 +20,11 @@ __all__ = [
     "child_metadata",
     "container_defaults",
     "job_spec_limits",
+    "model_cache",
     "pod_labels",
     "pod_placement",
     "pod_security_context",
+    "resources",
     "secret_env",
     "selector_labels",
     "shm_volume",
@@ -161,6 +163,28 @@ def pod_security_context(config: OperatorConfig) -> dict[str, Any]:
     return {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid, "fsGroup": uid,
             "fsGroupChangePolicy": "OnRootMismatch",
             "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def resources(gpus: int, cpu: str, memory: str) -> dict[str, Any]:
+    """A GPU container's resources: GPUs requested and limited; CPU and memory requested only
+    (loading weights peaks above the steady state; a podTemplate override can add limits)."""
+    requests = {"cpu": cpu, "memory": memory}
+    if gpus <= 0:
+        return {"requests": requests}
+    return {"limits": {"nvidia.com/gpu": str(gpus)},
+            "requests": {**requests, "nvidia.com/gpu": str(gpus)}}
+
+
+def model_cache(spec: RunSpec, config: OperatorConfig) -> tuple[
+        list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts, env) of `storage.modelCachePvc`: Hugging Face's cache (HF_HOME) on a
+    claim every vLLM, training and evaluation pod shares; nothing when unset."""
+    claim = spec.storage.model_cache_pvc
+    if claim is None:
+        return [], [], []
+    return ([{"name": "model-cache", "persistentVolumeClaim": {"claimName": claim}}],
+            [{"name": "model-cache", "mountPath": config.cache_mount}],
+            [{"name": "HF_HOME", "value": posixpath.join(config.cache_mount, "huggingface")}])
 
 
 def shm_volume(config: OperatorConfig) -> tuple[dict[str, Any], dict[str, Any]]:

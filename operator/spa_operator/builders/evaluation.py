@@ -10,8 +10,10 @@ from spa_operator.builders.common import (
     JUDGE_API_KEY_ENV,
     Owner,
     container_defaults,
+    model_cache,
     pod_placement,
     pod_security_context,
+    resources,
     secret_env,
     shm_volume,
     storage,
@@ -33,9 +35,7 @@ def build_evaluation_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
     st = storage(owner, spec, config)
     spec_vol, spec_mount = spec_volume(owner, config)
     shm, shm_mount = shm_volume(config)
-    resources: dict[str, Any] = {}
-    if training_gpus(spec) > 0:
-        resources = {"limits": {"nvidia.com/gpu": "1"}, "requests": {"nvidia.com/gpu": "1"}}
+    cache_volumes, cache_mounts, cache_env = model_cache(spec, config)
     container = {
         "name": "evaluate",
         "image": config.trainer_image,
@@ -43,10 +43,11 @@ def build_evaluation_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
         "args": stage_args("evaluate", spec_path(config, TRAINER_SPEC_KEY), st, iteration),
         "env": [*stage_env(spec), *secret_env(
             JUDGE_API_KEY_ENV, spec.evaluation.judge.api_key_secret_ref
-            if spec.evaluation.judge else None)],
+            if spec.evaluation.judge else None), *cache_env],
         "envFrom": st.env_from,
-        "resources": resources,
-        "volumeMounts": [spec_mount, shm_mount, *st.mounts],
+        "resources": resources(min(training_gpus(spec), 1), config.trainer_cpu,
+                               config.trainer_memory),
+        "volumeMounts": [spec_mount, shm_mount, *st.mounts, *cache_mounts],
     }
     # Then the run report (report/ in the run directory), from everything so far.
     report = {
@@ -64,7 +65,7 @@ def build_evaluation_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
         "securityContext": pod_security_context(config),
         "initContainers": [container],
         "containers": [report],
-        "volumes": [spec_vol, shm, *st.volumes],
+        "volumes": [spec_vol, shm, *st.volumes, *cache_volumes],
     }
     return build_job(owner, spec, names.evaluation_job(owner.name, iteration), COMPONENT,
                      iteration, pod_spec)

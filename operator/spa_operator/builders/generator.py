@@ -21,14 +21,17 @@ from spa_operator.builders.common import (
     Storage,
     child_metadata,
     container_defaults,
+    model_cache,
     pod_labels,
     pod_placement,
     pod_security_context,
+    resources,
     secret_env,
     selector_labels,
     shm_volume,
     storage,
 )
+from spa_operator.builders.pod_template import apply_pod_templates
 from spa_operator.builders.spec_config_map import served_model_name
 from spa_operator.config import OperatorConfig
 from spa_operator.errors import ClusterSpecError
@@ -87,6 +90,8 @@ def _vllm_args(spec: RunSpec, model: str, config: OperatorConfig, iteration: int
         "--model", model,
         "--served-model-name", served_model_name(spec),
         "--tensor-parallel-size", str(gen.tensor_parallel_size),
+        *(["--data-parallel-size", str(gen.data_parallel_size)]
+          if gen.data_parallel_size > 1 else []),
         "--host", "0.0.0.0",
         "--port", str(config.vllm_port),
     ]
@@ -97,16 +102,11 @@ def _vllm_args(spec: RunSpec, model: str, config: OperatorConfig, iteration: int
     return [*args, "--dtype", spec.model.dtype, *gen.extra_args]
 
 
-def _health_probe(period: int, failures: int) -> dict[str, Any]:
-    """An HTTP probe on vLLM's /health (200 once the engine is up)."""
+def _health_probe(period: int, timeout: int, failures: int) -> dict[str, Any]:
+    """An HTTP probe on vLLM's /health (200 once the engine is up). A server saturated with
+    the pipeline's requests answers slowly: the timeouts are far above the kubelet's 1 s."""
     return {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": period,
-            "failureThreshold": failures}
-
-
-def _gpu_resources(gpus: int) -> dict[str, Any]:
-    if gpus <= 0:
-        return {}
-    return {"limits": {"nvidia.com/gpu": str(gpus)}, "requests": {"nvidia.com/gpu": str(gpus)}}
+            "timeoutSeconds": timeout, "failureThreshold": failures}
 
 
 def _fetch_container(st: Storage, source: str, target: str,
@@ -121,6 +121,8 @@ def _fetch_container(st: Storage, source: str, target: str,
         **container_defaults(config),
         "command": command,
         "envFrom": st.env_from,
+        # Copying is I/O bound; the GGUF export holds the model once in memory.
+        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}},
         "volumeMounts": [{"name": "model", "mountPath": config.model_mount}],
     }
 
@@ -141,12 +143,15 @@ def build_generator_deployment(owner: Owner, spec: RunSpec, config: OperatorConf
         volumes += st.volumes
         mounts += st.read_only_mounts()
     if fetch is not None:
-        volumes.append({"name": "model", "emptyDir": {}})
+        volumes.append({"name": "model", "emptyDir": {"sizeLimit": config.model_volume_size}})
         mounts.append({"name": "model", "mountPath": config.model_mount, "readOnly": True})
         init_containers.append(_fetch_container(st, fetch, model, config))
+    cache_volumes, cache_mounts, cache_env = model_cache(spec, config)
+    volumes += cache_volumes
+    mounts += cache_mounts
     # vLLM's images run as root with HOME=/root; as the pods' non-root user, caches (and the
-    # Hugging Face download) go to a writable HOME.
-    env = [{"name": "HOME", "value": "/tmp"},
+    # Hugging Face download, unless a model cache is mounted) go to a writable HOME.
+    env = [{"name": "HOME", "value": "/tmp"}, *cache_env,
            *secret_env(HF_TOKEN_ENV, spec.model.token_secret_ref),
            *secret_env(VLLM_API_KEY_ENV, gen.api_key_secret_ref)]
     container = {
@@ -159,10 +164,10 @@ def build_generator_deployment(owner: Owner, spec: RunSpec, config: OperatorConf
         "ports": [{"name": "http", "containerPort": config.vllm_port, "protocol": "TCP"}],
         # Loading weights can take many minutes: the startup probe allows an hour, then
         # readiness gates the Service and liveness restarts a wedged server.
-        "startupProbe": _health_probe(period=10, failures=360),
-        "readinessProbe": _health_probe(period=5, failures=3),
-        "livenessProbe": _health_probe(period=30, failures=5),
-        "resources": _gpu_resources(gen.gpus),
+        "startupProbe": _health_probe(period=10, timeout=10, failures=360),
+        "readinessProbe": _health_probe(period=10, timeout=10, failures=3),
+        "livenessProbe": _health_probe(period=30, timeout=30, failures=5),
+        "resources": resources(gen.gpus, config.generator_cpu, config.generator_memory),
         "volumeMounts": mounts,
     }
     pod_spec: dict[str, Any] = {
@@ -183,10 +188,10 @@ def build_generator_deployment(owner: Owner, spec: RunSpec, config: OperatorConf
             # GPUs are scarce: never run old and new pods side by side.
             "strategy": {"type": "Recreate"},
             "selector": {"matchLabels": selector_labels(owner, COMPONENT, iteration)},
-            "template": {
-                "metadata": {"labels": pod_labels(owner, COMPONENT, iteration)},
-                "spec": pod_spec,
-            },
+            "template": apply_pod_templates(
+                {"metadata": {"labels": pod_labels(owner, COMPONENT, iteration)},
+                 "spec": pod_spec},
+                spec, COMPONENT),
         },
     }
     return json.loads(json.dumps(deployment))

@@ -18,6 +18,7 @@ from spa_operator.builders.common import (
     pod_labels,
     secret_env,
 )
+from spa_operator.builders.pod_template import apply_pod_templates
 from spa_operator.config import OperatorConfig
 
 __all__ = ["USAGE_ERROR_EXIT_CODE", "build_job", "pod_failure_policy", "spec_volume", "stage_args",
@@ -71,7 +72,12 @@ def build_job(owner: Owner, spec: RunSpec, name: str, component: str, iteration:
 
     A replacement pod starts only once its predecessor has stopped (`podReplacementPolicy:
     Failed`): two pods of one index never overlap on the run's files or a rendezvous name.
+    The run's `podTemplate` overrides for `component` are merged over the pod.
     """
+    template = apply_pod_templates(
+        {"metadata": {"labels": pod_labels(owner, component, iteration)},
+         "spec": {"restartPolicy": "Never", **pod_spec}},
+        spec, component)
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -81,10 +87,7 @@ def build_job(owner: Owner, spec: RunSpec, name: str, component: str, iteration:
             "podFailurePolicy": pod_failure_policy(),
             "podReplacementPolicy": "Failed",
             **job_fields,
-            "template": {
-                "metadata": {"labels": pod_labels(owner, component, iteration)},
-                "spec": {"restartPolicy": "Never", **pod_spec},
-            },
+            "template": template,
         },
     }
     return json.loads(json.dumps(job))  # no sub-object shared between containers

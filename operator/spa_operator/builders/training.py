@@ -19,8 +19,10 @@ from spa_operator.builders.common import (
     Owner,
     child_metadata,
     container_defaults,
+    model_cache,
     pod_placement,
     pod_security_context,
+    resources,
     selector_labels,
     shm_volume,
     storage,
@@ -105,10 +107,15 @@ def build_training_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
     spec_vol, spec_mount = spec_volume(owner, config)
     shm, shm_mount = shm_volume(config)
     dist_file = posixpath.join(config.distributed_mount, FILES[tr.strategy])
-    resources: dict[str, Any] = {}
-    if (gpus := training_gpus(spec)) > 0:
-        resources = {"limits": {"nvidia.com/gpu": str(gpus)},
-                     "requests": {"nvidia.com/gpu": str(gpus)}}
+    cache_volumes, cache_mounts, cache_env = model_cache(spec, config)
+    # On an object store the ranks train into the node's local disk (TMPDIR) and upload each
+    # checkpoint: a volume of its own, which a podTemplate can replace (a local NVMe disk, an
+    # ephemeral claim) by giving a volume named `scratch`.
+    scratch_volumes, scratch_mounts, scratch_env = [], [], []
+    if not st.is_volume:
+        scratch_volumes = [{"name": "scratch", "emptyDir": {}}]
+        scratch_mounts = [{"name": "scratch", "mountPath": config.scratch_mount}]
+        scratch_env = [{"name": "TMPDIR", "value": config.scratch_mount}]
     container = {
         "name": "trainer",
         "image": config.trainer_image,
@@ -121,15 +128,19 @@ def build_training_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
             *stage_env(spec),
             *torchrun_env(owner, spec, config, iteration, attempt),
             {"name": DISTRIBUTED_CONFIG_ENV, "value": dist_file},
+            *cache_env,
+            *scratch_env,
         ],
         "envFrom": st.env_from,
         "ports": [{"name": "rendezvous", "containerPort": config.master_port, "protocol": "TCP"}],
-        "resources": resources,
+        "resources": resources(training_gpus(spec), config.trainer_cpu, config.trainer_memory),
         "volumeMounts": [
             spec_mount,
             shm_mount,
             {"name": "distributed", "mountPath": config.distributed_mount, "readOnly": True},
             *st.mounts,
+            *cache_mounts,
+            *scratch_mounts,
         ],
     }
     pod_spec = {
@@ -144,6 +155,8 @@ def build_training_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
             {"name": "distributed",
              "configMap": {"name": names.training_config_map(owner.name)}},
             *st.volumes,
+            *cache_volumes,
+            *scratch_volumes,
         ],
     }
     return build_job(
