@@ -30,6 +30,9 @@ class OperatorConfig:
     """Image with spa_core (no torch): the pipeline Job."""
     trainer_image: str = f"ghcr.io/spa-dev/spa-trainer:{IMAGE_TAG}"
     """Image with spa_core, torch, transformers and TRL: training and evaluation."""
+    trainer_has_deepspeed: bool = False
+    """Whether `trainer_image` has DeepSpeed (the project's has not): without it a run with
+    `training.strategy: deepspeed` is refused before anything starts."""
     vllm_image: str = VLLM_IMAGE
     """vLLM's OpenAI-compatible server, unless `generator.image` is set."""
     image_pull_policy: str = "IfNotPresent"

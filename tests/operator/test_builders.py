@@ -449,7 +449,8 @@ def test_sharding_config_is_mounted_from_a_config_map(strategy: str, file: str) 
     spec = make_spec(training={"nodes": 2, "gpusPerNode": 8, "strategy": strategy})
     cm = build_training_config_map(OWNER, spec, CONFIG)
     assert list(cm["data"]) == [file]
-    (c,) = pod_spec(build_training_job(OWNER, spec, CONFIG, 0))["containers"]
+    config = OperatorConfig(trainer_has_deepspeed=True)  # an image built FROM the project's
+    (c,) = pod_spec(build_training_job(OWNER, spec, config, 0))["containers"]
     mounted = env_of(c)["SPA_DISTRIBUTED_CONFIG"]
     assert mounted == f"/spa/distributed/{file}"
     # The trainer, under torchrun, turns the mounted file into its TrainingArguments.
@@ -459,6 +460,15 @@ def test_sharding_config_is_mounted_from_a_config_map(strategy: str, file: str) 
     assert args == ({"fsdp": True, "fsdp_config": mounted} if strategy == "fsdp"
                     else {"deepspeed": mounted})
     assert json.loads(cm["data"][file])
+
+
+def test_deepspeed_is_refused_unless_the_trainer_image_has_it() -> None:
+    spec = make_spec(training={"nodes": 2, "gpusPerNode": 8, "strategy": "deepspeed"})
+    with pytest.raises(ClusterSpecError, match=r"spec.training.strategy: deepspeed, but the "
+                                               r"trainer image \(.*spa-trainer.*\) has no DeepSpeed"):
+        build_training_job(OWNER, spec, CONFIG, 0)
+    config = OperatorConfig.from_env({"SPA_OPERATOR_TRAINER_HAS_DEEPSPEED": "true"})
+    assert build_training_job(OWNER, spec, config, 0)["kind"] == "Job"
 
 
 def test_cpu_training_requests_no_gpu() -> None:

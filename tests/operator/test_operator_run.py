@@ -107,27 +107,34 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
+@pytest.mark.parametrize(("changed", "field"), [
+    # A pod-local run directory would be lost.
+    ({"storage": {"uri": "runs/{name}"}}, "spec.storage"),
+    # The project's trainer image has no DeepSpeed: refused now, not after sampling.
+    ({"storage": {"pvc": "spa-runs"}, "training": {"gpusPerNode": 0, "strategy": "deepspeed"}},
+     "spec.training.strategy"),
+], ids=["pod-local-run-directory", "deepspeed"])
 def test_a_spec_that_cannot_run_in_a_cluster_fails_naming_the_field(
-        operator: Any, api_client: Any, namespace: str) -> None:
+        operator: Any, api_client: Any, namespace: str, changed: dict[str, Any],
+        field: str) -> None:
     from kubernetes import client
 
     kubelet = Kubelet(api_client, namespace)
-    # Valid for the CRD and for `spa run`, but a pod-local run directory would be lost.
+    # Valid for the CRD and for `spa run`, not for a cluster.
     kubelet.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, RUNS, {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "SPAAlignmentRun",
         "metadata": {"name": "nowhere"},
-        "spec": {"model": {"name": "org/model"}, "storage": {"uri": "runs/{name}"},
-                 "training": {"gpusPerNode": 0}}})
+        "spec": {"model": {"name": "org/model"}, "training": {"gpusPerNode": 0}, **changed}})
     status = wait_for("run Failed", lambda: (s := kubelet.run("nowhere").get("status", {}))
                       .get("phase") == "Failed" and s)
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
-    assert "spec.storage" in ready["message"]
+    assert field in ready["message"]
     events = wait_for("a Warning event", lambda: [
         e for e in client.CoreV1Api(api_client).list_namespaced_event(
             namespace, field_selector="involvedObject.name=nowhere").items
         if e.type == "Warning" and e.reason == "InvalidSpec"])
-    assert "spec.storage" in events[0].message
+    assert field in events[0].message
     # Nothing was created for it.
     assert client.BatchV1Api(api_client).list_namespaced_job(namespace).items == []
     assert client.AppsV1Api(api_client).list_namespaced_deployment(namespace).items == []

@@ -31,6 +31,7 @@ from spa_operator.builders.common import (
 from spa_operator.builders.jobs import build_job, spec_path, spec_volume, stage_args, stage_env
 from spa_operator.builders.spec_config_map import TRAINER_SPEC_KEY
 from spa_operator.config import OperatorConfig
+from spa_operator.errors import ClusterSpecError
 
 __all__ = [
     "COMPLETION_INDEX_ANNOTATION",
@@ -103,6 +104,11 @@ def build_training_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
     the last checkpoint on the run's storage (JobSet's failurePolicy.maxRestarts, with
     `training.maxRestarts`)."""
     tr = spec.training
+    if tr.strategy == "deepspeed" and not config.trainer_has_deepspeed:
+        raise ClusterSpecError(
+            "training.strategy", f"deepspeed, but the trainer image ({config.trainer_image}) "
+            "has no DeepSpeed: use fsdp, or build an image FROM it with deepspeed installed "
+            "and install the chart with workloadImages.trainerHasDeepSpeed=true")
     st = storage(owner, spec, config)
     spec_vol, spec_mount = spec_volume(owner, config)
     shm, shm_mount = shm_volume(config)
