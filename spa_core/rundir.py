@@ -7,10 +7,12 @@ a truncated file under a final name.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,45 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["RunDir"]
+__all__ = ["ROW_GROUP_ROWS", "RunDir", "TableWriter"]
+
+#: Rows per Parquet row group of a streamed table (the last one holds the rest).
+ROW_GROUP_ROWS = 65_536
+
+
+class TableWriter:
+    """A Parquet file written in pieces: rows are buffered and written in row groups of
+    exactly `row_group_rows` rows, so the file's bytes depend on its rows alone, not on how
+    they were handed in, and memory holds at most one row group."""
+
+    def __init__(self, writer: pq.ParquetWriter, row_group_rows: int) -> None:
+        self._writer = writer
+        self._rows = row_group_rows
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self.num_rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        """Append `table`'s rows (its schema must be the file's)."""
+        self.num_rows += table.num_rows
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
+        while self._pending_rows >= self._rows:
+            buffered = pa.concat_tables(self._pending)
+            self._write_group(buffered.slice(0, self._rows))
+            rest = buffered.slice(self._rows)
+            self._pending, self._pending_rows = [rest], rest.num_rows
+
+    def _write_group(self, table: pa.Table) -> None:
+        # One row group, written from contiguous columns as pq.write_table writes them.
+        self._writer.write_table(table.combine_chunks(), row_group_size=max(table.num_rows, 1))
+
+    def close(self) -> None:
+        if self._pending_rows or self.num_rows == 0:
+            self._write_group(pa.concat_tables(self._pending) if self._pending
+                              else self._writer.schema.empty_table())
+        self._pending, self._pending_rows = [], 0
+        self._writer.close()
 
 
 class RunDir:
@@ -73,6 +113,32 @@ class RunDir:
         except BaseException:
             self._discard(tmp)
             raise
+
+    @contextlib.contextmanager
+    def table_writer(self, rel: str, schema: pa.Schema,
+                     row_group_rows: int | None = None) -> Iterator[TableWriter]:
+        """A Parquet file written piece by piece (`TableWriter.write`), atomically: it
+        appears under `rel` only once the block ends without an error. Row groups hold
+        `row_group_rows` rows (default ROW_GROUP_ROWS)."""
+        final = self.path(rel)
+        self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        tmp = f"{final}.tmp-{uuid.uuid4().hex}"
+        try:
+            with self.fs.open(tmp, "wb") as fh:
+                writer = TableWriter(pq.ParquetWriter(fh, schema, compression="zstd"),
+                                     row_group_rows or ROW_GROUP_ROWS)
+                yield writer
+                writer.close()
+            self._commit(tmp, final)
+        except BaseException:
+            self._discard(tmp)
+            raise
+
+    @contextlib.contextmanager
+    def parquet_file(self, rel: str) -> Iterator[pq.ParquetFile]:
+        """The Parquet file at `rel`, open for reading in batches or row groups."""
+        with self.fs.open(self.path(rel), "rb") as fh:
+            yield pq.ParquetFile(fh)
 
     def read_table(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         with self.fs.open(self.path(rel), "rb") as fh:

@@ -1,12 +1,24 @@
 """Stage `pairs`: dual-criterion denoising and lexicographic preference pairs.
 
-Reads every scored response (samples and refined), selects pairs with
-`spa_core.pairs.select_pairs`, and writes `pairs/pairs.parquet` with the texts the
-trainer needs, plus `pairs/responses.parquet` (every response and its scores) for reports.
+Selects pairs with `spa_core.pairs.select_pairs` over every scored response (samples and
+refined), and writes `pairs/pairs.parquet` with the texts the trainer needs, plus
+`pairs/responses.parquet` (every response, its scores and whether its group was kept) for
+reports.
+
+In two passes, so that memory holds the score columns and one shard's texts, never all the
+texts of an iteration: the selection reads only the ids and scores of every shard (the pair
+weights are normalised over all pairs); then, shard by shard, the texts are read and joined
+to that shard's pairs, and both files are written as streams of row groups. Shards are
+slices of `prompts/prompts.parquet`, which is sorted by prompt id, so shard order is prompt
+order and the files come out sorted as a whole.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -19,20 +31,101 @@ __all__ = ["run_pairs"]
 
 STAGE = "pairs"
 _COLUMNS = ["prompt_id", "response_id", "is_refined", "response", "score_a", "score_b", "status"]
+#: What the selection reads: no texts.
+_SCORE_COLUMNS = ["prompt_id", "response_id", "is_refined", "score_a", "score_b"]
+_SORT_RESPONSES = [("prompt_id", "ascending"), ("response_id", "ascending")]
+_SORT_PAIRS = [("prompt_id", "ascending"), ("chosen_id", "ascending"),
+               ("rejected_id", "ascending")]
 
 
-def load_responses(ctx: StageContext) -> pa.Table:
-    """Every sampled and refined response with its scores, in one table."""
-    parts = []
-    for rel in ctx.dir.glob("scores/shard-*.parquet"):
-        scores = ctx.dir.read_table(rel)
-        samples = ctx.dir.read_table(rel.replace("scores/", "samples/"), ["prompt_id", "response_id", "response"])
-        parts.append(scores.join(samples, keys=["prompt_id", "response_id"]).select(_COLUMNS))
-    for rel in ctx.dir.glob("refined/shard-*.parquet"):
-        parts.append(ctx.dir.read_table(rel).select(_COLUMNS))
+@dataclass(frozen=True)
+class _Shard:
+    """One shard's scored files and the prompt ids they hold."""
+
+    name: str
+    files: tuple[str, ...]  # scores/<name>.parquet and/or refined/<name>.parquet
+    first: int
+    last: int
+
+
+def _shard_names(ctx: StageContext) -> list[str]:
+    return sorted({rel.rsplit("/", 1)[-1] for rel in
+                   ctx.dir.glob("scores/shard-*.parquet") + ctx.dir.glob("refined/shard-*.parquet")})
+
+
+def _score_columns(ctx: StageContext) -> tuple[pa.Table, list[_Shard]]:
+    """The ids and scores of every response (pass 1), and the shards in prompt order."""
+    parts, shards = [], []
+    for name in _shard_names(ctx):
+        files = tuple(rel for rel in (f"scores/{name}", f"refined/{name}") if ctx.dir.exists(rel))
+        table = pa.concat_tables([ctx.dir.read_table(rel, _SCORE_COLUMNS) for rel in files])
+        if table.num_rows == 0:
+            continue
+        bounds = pc.min_max(table.column("prompt_id"))
+        shard = _Shard(name, files, bounds["min"].as_py(), bounds["max"].as_py())
+        if shards and shard.first <= shards[-1].last:
+            raise ValueError(
+                f"{ctx.dir.url('scores', name)} holds prompt ids from {shard.first}, not after "
+                f"those of {shards[-1].name} (up to {shards[-1].last}): the shards must follow "
+                "prompts/prompts.parquet's order (by prompt id); run `spa prompts` and the "
+                "stages after it again")
+        shards.append(shard)
+        parts.append(table)
     if not parts:
         raise FileNotFoundError(f"no scored responses under {ctx.dir.url()}: run `spa score` first")
-    return pa.concat_tables(parts).sort_by([("prompt_id", "ascending"), ("response_id", "ascending")])
+    return pa.concat_tables(parts), shards
+
+
+def _shard_responses(ctx: StageContext, shard: _Shard) -> pa.Table:
+    """One shard's responses with their texts and scores, sorted by (prompt, response)."""
+    parts = []
+    for rel in shard.files:
+        if rel.startswith("scores/"):  # the texts are the samples'
+            table = ctx.dir.read_table(rel, [c for c in _COLUMNS if c != "response"])
+            samples = ctx.dir.read_table(rel.replace("scores/", "samples/", 1),
+                                         ["prompt_id", "response_id", "response"])
+            table = table.join(samples, keys=["prompt_id", "response_id"])
+        else:
+            table = ctx.dir.read_table(rel, _COLUMNS)
+        parts.append(table.select(_COLUMNS))
+    return pa.concat_tables(parts).sort_by(_SORT_RESPONSES)
+
+
+class _Prompts:
+    """prompts/prompts.parquet read forward once, a range of prompt ids at a time."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:
+        self._batches = batches
+        self._held = pa.table({"prompt_id": pa.array([], pa.int64()),
+                               "prompt": pa.array([], pa.string())})
+
+    def upto(self, last: int) -> pa.Table:
+        """The prompts with ids up to `last` not handed out before."""
+        parts = [self._held]
+        while (parts[-1].num_rows == 0 or pc.max(parts[-1].column("prompt_id")).as_py() <= last):
+            batch = next(self._batches, None)
+            if batch is None:
+                break
+            parts.append(pa.Table.from_batches([batch]))
+        table = pa.concat_tables(parts)
+        ids = table.column("prompt_id").to_numpy()
+        # prompts.parquet is sorted by prompt id (the shards' order is checked against it).
+        cut = int(np.searchsorted(ids, last, side="right"))
+        self._held = table.slice(cut)
+        return table.slice(0, cut)
+
+
+def _pairs_with_texts(pairs: pa.Table, prompts: pa.Table, responses: pa.Table) -> pa.Table:
+    """`pairs` with the prompt's and both responses' texts and scores."""
+    texts = responses.select(["prompt_id", "response_id", "response", "score_a", "score_b"])
+
+    def side(name: str) -> pa.Table:
+        return texts.rename_columns(["prompt_id", f"{name}_id", name, f"{name}_a", f"{name}_b"])
+
+    return (pairs.join(prompts, keys="prompt_id")
+            .join(side("chosen"), keys=["prompt_id", "chosen_id"])
+            .join(side("rejected"), keys=["prompt_id", "rejected_id"])
+            .sort_by(_SORT_PAIRS))
 
 
 def run_pairs(ctx: StageContext) -> dict:
@@ -43,28 +136,39 @@ def run_pairs(ctx: StageContext) -> dict:
     if manifest.complete:
         return manifest.stats
 
-    responses = load_responses(ctx)
+    scores, shards = _score_columns(ctx)
     selection = select_pairs(
-        responses.column("prompt_id"), responses.column("response_id"),
-        responses.column("is_refined"), responses.column("score_a"), responses.column("score_b"),
+        scores.column("prompt_id"), scores.column("response_id"),
+        scores.column("is_refined"), scores.column("score_a"), scores.column("score_b"),
         rho=d.rho, delta=d.delta, alpha=alpha,
     )
-    pairs = selection.to_arrow()
-    prompts = ctx.dir.read_table("prompts/prompts.parquet")
-    texts = responses.select(["prompt_id", "response_id", "response", "score_a", "score_b"])
+    del scores
+    pairs = selection.to_arrow()  # sorted by (prompt, chosen, rejected)
+    pair_prompts = pairs.column("prompt_id").to_numpy()
+    kept = np.asarray(selection.kept_prompt_ids, np.int64)  # ascending
 
-    def side(name: str) -> pa.Table:
-        return texts.rename_columns(["prompt_id", f"{name}_id", name, f"{name}_a", f"{name}_b"])
-
-    out = (pairs.join(prompts, keys="prompt_id")
-           .join(side("chosen"), keys=["prompt_id", "chosen_id"])
-           .join(side("rejected"), keys=["prompt_id", "rejected_id"])
-           .sort_by([("prompt_id", "ascending"), ("chosen_id", "ascending"),
-                     ("rejected_id", "ascending")]))
-    kept = pa.array(selection.kept_prompt_ids, pa.int64())
-    responses = responses.append_column("group_kept", pc.is_in(responses.column("prompt_id"), kept))
-    ctx.dir.write_table(f"{STAGE}/responses.parquet", responses)
-    ctx.dir.write_table(f"{STAGE}/pairs.parquet", out)
+    first = _shard_responses(ctx, shards[0])
+    with ctx.dir.parquet_file("prompts/prompts.parquet") as prompts_file:
+        prompts = _Prompts(prompts_file.iter_batches(batch_size=ctx.spec.storage.shard_size))
+        # The files' schemas, from empty tables shaped as every shard's will be.
+        empty = first.slice(0, 0)
+        pair_schema = _pairs_with_texts(pairs.slice(0, 0), prompts_file.schema_arrow
+                                        .empty_table(), empty).schema
+        response_schema = empty.schema.append(pa.field("group_kept", pa.bool_()))
+        with ctx.dir.table_writer(f"{STAGE}/responses.parquet", response_schema) as out_responses, \
+                ctx.dir.table_writer(f"{STAGE}/pairs.parquet", pair_schema) as out_pairs:
+            for shard in shards:
+                responses, first = (first if first is not None
+                                    else _shard_responses(ctx, shard)), None
+                shard_prompts = prompts.upto(shard.last)
+                lo, hi = np.searchsorted(pair_prompts, [shard.first, shard.last + 1])
+                if hi > lo:
+                    out_pairs.write(_pairs_with_texts(pairs.slice(lo, hi - lo), shard_prompts,
+                                                      responses))
+                k_lo, k_hi = np.searchsorted(kept, [shard.first, shard.last + 1])
+                group_kept = pc.is_in(responses.column("prompt_id"),
+                                      pa.array(kept[k_lo:k_hi], pa.int64()))
+                out_responses.write(responses.append_column("group_kept", group_kept))
     stats = {k: int(v) for k, v in selection.stats.items()}
     manifest.finish(ctx.dir, **stats)
     return stats
