@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import S3Bucket
+from object_store_helpers import S3Bucket
 from test_fsdp import MAX_STEPS, _env, launch, logged
 from training_helpers import build_tiny_model, write_pairs
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import spa_core.rundir
-from conftest import S3Bucket
+from object_store_helpers import S3Bucket
 from spa_core.bench_stage import run_document, write_synthetic_run
 from spa_core.pairs import select_pairs
 from spa_core.rundir import RunDir
