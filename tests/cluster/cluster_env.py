@@ -19,7 +19,7 @@ class Cluster:
     state_dir: Path
     #: The images in the node's containerd, by scripts/build-images.sh's target names:
     #: debian (python3 alone, the project images' base: for pods that need only a shell),
-    #: operator, worker and trainer.
+    #: operator, worker and trainer, and vllm-cpu (vLLM for CPUs, in place of vLLM's image).
     images: dict[str, str]
 
     def _tool(self, tool: str, *args: str, stdin: str | None = None, check: bool = True,

@@ -48,7 +48,7 @@ def cluster() -> Iterator[Cluster]:
     if missing:
         _unavailable(f"{', '.join(missing)} not built in {bin_dir}: run "
                      "`scripts/kube-cluster.sh build`")
-    targets = ("debian", "operator", "worker", "trainer")
+    targets = ("debian", "operator", "worker", "trainer", "vllm-cpu")
     images = dict(zip(targets, _run([str(IMAGES_SCRIPT), *targets], 3600).split(), strict=True))
     # A short path: containerd's socket lives under it (sun_path holds 108 bytes).
     state = Path(f"/tmp/spa-cluster-{uuid.uuid4().hex[:8]}")

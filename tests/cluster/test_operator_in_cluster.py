@@ -32,6 +32,10 @@ def operator(cluster: Cluster) -> Iterator[str]:
                  "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
                  "--set", "image.pullPolicy=Never", "--set", "workloadImages.pullPolicy=Never",
                  "--set", "operator.reconcileSeconds=2",
+                 # Requests a 2-CPU node can grant: a pod that cannot start here must fail for
+                 # the reason each test gives it (GPUs, an image), not for want of CPUs.
+                 "--set", "operator.generatorCpu=100m", "--set", "operator.generatorMemory=256Mi",
+                 "--set", "operator.trainerCpu=100m", "--set", "operator.trainerMemory=256Mi",
                  "--wait", "--timeout", "5m", timeout=400)
     yield RELEASE_NAMESPACE
     cluster.helm("uninstall", "spa", "--namespace", RELEASE_NAMESPACE, "--wait",

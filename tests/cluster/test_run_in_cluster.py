@@ -1,6 +1,7 @@
 """`kubectl apply -f examples/cluster-cpu.yaml`, for real: the operator installed by its chart,
 vLLM for CPUs serving the embedded model as the generator Deployment (exported from its GGUF
-file by an init container), the pipeline Job's stages in the worker image against it, the
+file by an init container in the trainer image), the pipeline Job's stages in the slim worker
+image against it, the
 training Job's two pods under torchrun over gloo, and the evaluation Job with the report.
 
 The run is the example with a model cache claim and pod template overrides added, as a
@@ -54,15 +55,16 @@ TUNED = {
 
 @pytest.fixture(scope="module")
 def operator(cluster: Cluster) -> Iterator[str]:
-    op, worker, trainer = (cluster.images[t] for t in ("operator", "worker", "trainer"))
+    op, worker, trainer, vllm = (cluster.images[t]
+                                 for t in ("operator", "worker", "trainer", "vllm-cpu"))
     repository, tag = op.rsplit(":", 1)
     cluster.helm("install", "spa-run", str(REPO / "charts" / "spa-operator"),
                  "--namespace", RELEASE_NAMESPACE, "--create-namespace",
                  "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
                  "--set", "image.pullPolicy=Never", "--set", "workloadImages.pullPolicy=Never",
                  "--set", f"workloadImages.worker={worker}",
-                 # The worker image is built on vLLM's (here: vLLM for CPUs).
-                 "--set", f"workloadImages.vllm={worker}",
+                 # vLLM for CPUs in place of vLLM's image (a node without GPUs).
+                 "--set", f"workloadImages.vllm={vllm}",
                  "--set", f"workloadImages.trainer={trainer}",
                  "--set", "operator.pipelineMemory=6Gi",
                  # A 2-CPU node: the generator runs beside the pipeline, two training pods

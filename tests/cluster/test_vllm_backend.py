@@ -1,7 +1,7 @@
 """The openai backend against vLLM's server, beside llama.cpp's (tests/test_backends.py): the
 same checks, on the generator Deployment the operator builds for examples/cluster-cpu.yaml
-(vLLM for CPUs in the worker image, serving the embedded model exported by its init
-container), reached at its pod's address from the node.
+(vLLM for CPUs in place of vLLM's image, serving the embedded model exported by its init
+container in the trainer image), reached at its pod's address from the node.
 """
 
 from __future__ import annotations
@@ -44,9 +44,11 @@ def vllm_server(cluster: Cluster) -> Iterator[str]:
     namespace = "t-vllm"
     cluster.kubectl("create", "namespace", namespace)
     spec = RunSpec.model_validate(yaml.safe_load(EXAMPLE.read_text())["spec"])
-    worker = cluster.images["worker"]
-    config = OperatorConfig(worker_image=worker, vllm_image=worker,
-                            trainer_image=cluster.images["trainer"], image_pull_policy="Never")
+    config = OperatorConfig(worker_image=cluster.images["worker"],
+                            vllm_image=cluster.images["vllm-cpu"],
+                            trainer_image=cluster.images["trainer"], image_pull_policy="Never",
+                            # What a 2-CPU node can grant (the chart's defaults suit a GPU node).
+                            generator_cpu="500m", generator_memory="2Gi")
     deployment = build_generator_deployment(Owner("vllm", namespace, "-"), spec, config, 0)
     del deployment["metadata"]["ownerReferences"]  # the garbage collector would remove it
     cluster.apply(json.dumps(deployment), namespace)

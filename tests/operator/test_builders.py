@@ -291,6 +291,7 @@ def test_object_store_checkpoints_are_fetched_by_an_init_container() -> None:
     assert fetch["command"][-2:] == ["s3://bucket/spa/harmless/iter-00/train/checkpoint-final",
                                      "/spa/model/iter-00/train/checkpoint-final"]
     assert fetch["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert fetch["image"] == CONFIG.worker_image  # fsspec with s3fs: no torch needed
     assert arg(pod_spec(deployment)["containers"][0], "--model") == \
         "/spa/model/iter-00/train/checkpoint-final"
 
@@ -336,7 +337,7 @@ def test_the_embedded_model_is_exported_for_vllm_before_it_starts() -> None:
     (init,) = pod["initContainers"]
     target = f"{CONFIG.model_mount}/base"
     assert init["command"] == ["spa", "export-model", "embedded:smollm2-135m-instruct", target]
-    assert init["image"] == CONFIG.worker_image
+    assert init["image"] == CONFIG.trainer_image  # torch and transformers: not the worker's
     assert {"name": "model", "emptyDir": {"sizeLimit": CONFIG.model_volume_size}} in pod["volumes"]
     args = vllm(spec=spec)["args"]
     assert arg(vllm(spec=spec), "--model") == target
@@ -582,6 +583,16 @@ def test_a_fetched_model_is_copied_into_a_bounded_volume() -> None:
     assert model["emptyDir"] == {"sizeLimit": CONFIG.model_volume_size}
     (fetch,) = pod["initContainers"]
     assert fetch["resources"]["limits"]["memory"]
+    # The init container does not raise the pod's request (the larger of the init
+    # containers' and the containers' sum) above vLLM's, even with the chart set small.
+    from kubernetes.utils import parse_quantity
+
+    small = OperatorConfig(generator_cpu="500m", generator_memory="2Gi")
+    pod = pod_spec(build_generator_deployment(OWNER, spec, small, 0))
+    (fetch,), (server,) = pod["initContainers"], pod["containers"]
+    for resource in ("cpu", "memory"):
+        assert parse_quantity(fetch["resources"]["requests"][resource]) <= \
+            parse_quantity(server["resources"]["requests"][resource]), resource
 
 
 def test_a_model_cache_claim_is_hf_home_of_every_pod_that_loads_weights() -> None:

@@ -189,7 +189,7 @@ def test_workload_images_default_to_the_charts_version(helm: str) -> None:
 
 def test_images_default_to_the_release_and_vllm_is_pinned_once() -> None:
     """Outside the chart, too, the operator names its own release's images (no :latest), and
-    every place that names vLLM's image names the one spa_operator.config pins."""
+    the chart names the vLLM image spa_operator.config pins; the project builds none on it."""
     from spa_operator.config import IMAGE_TAG, OperatorConfig
 
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
@@ -200,7 +200,7 @@ def test_images_default_to_the_release_and_vllm_is_pinned_once() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert values["workloadImages"]["vllm"] == VLLM_IMAGE
     dockerfile = (CHART.parent.parent / "images" / "Dockerfile").read_text()
-    assert f"ARG VLLM_IMAGE={VLLM_IMAGE}\n" in dockerfile
+    assert "vllm/vllm-openai" not in dockerfile  # no second pin to drift
 
 
 # --- against the real API server ------------------------------------------------------------

@@ -112,17 +112,21 @@ def _health_probe(period: int, timeout: int, failures: int) -> dict[str, Any]:
 def _fetch_container(st: Storage, source: str, target: str,
                      config: OperatorConfig) -> dict[str, Any]:
     """Init container putting the model on the model volume: a checkpoint copied from object
-    storage, or the embedded model exported from its GGUF file (`spa export-model`)."""
-    command = ["spa", "export-model", source, target] if source == EMBEDDED_MODEL \
+    storage (the worker image: fsspec with s3fs and gcsfs), or the embedded model exported from
+    its GGUF file (`spa export-model`: the trainer image, which has torch and transformers)."""
+    export = source == EMBEDDED_MODEL
+    command = ["spa", "export-model", source, target] if export \
         else ["python", "-c", _FETCH_SCRIPT, source, target]
     return {
         "name": "fetch-model",
-        "image": config.worker_image,
+        "image": config.trainer_image if export else config.worker_image,
         **container_defaults(config),
         "command": command,
         "envFrom": st.env_from,
-        # Copying is I/O bound; the GGUF export holds the model once in memory.
-        "resources": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "8Gi"}},
+        # Copying is I/O bound; the GGUF export holds the model once in memory. The request
+        # stays below vLLM's own: a pod's request is the larger of its init containers' and
+        # its containers' sum, and this one runs before vLLM starts.
+        "resources": {"requests": {"cpu": "250m", "memory": "1Gi"}, "limits": {"memory": "8Gi"}},
         "volumeMounts": [{"name": "model", "mountPath": config.model_mount}],
     }
 
