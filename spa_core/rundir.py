@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 __all__ = ["ROW_GROUP_ROWS", "RunDir", "TableWriter"]
 
 #: Rows per Parquet row group of a streamed table (the last one holds the rest).
-ROW_GROUP_ROWS = 65_536
+ROW_GROUP_ROWS = 16_384
 
 
 class TableWriter:
