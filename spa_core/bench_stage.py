@@ -123,7 +123,13 @@ def write_synthetic_run(root: Path, n_prompts: int, shard_size: int, *, seed: in
 # --- measurements, each in a child process ------------------------------------------------
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS since its exec (VmHWM: getrusage's ru_maxrss would count the
+    parent's pages, shared at fork, up to the exec)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux
 
 
 def _child_stage(root: str, shard_size: int) -> dict[str, float]:
