@@ -48,16 +48,19 @@ class _Shard:
     last: int
 
 
-def _shard_names(ctx: StageContext) -> list[str]:
-    return sorted({rel.rsplit("/", 1)[-1] for rel in
-                   ctx.dir.glob("scores/shard-*.parquet") + ctx.dir.glob("refined/shard-*.parquet")})
+def _shard_files(ctx: StageContext) -> dict[str, tuple[str, ...]]:
+    """Each shard's scored files (scores/ before refined/), by shard name, in name order:
+    from one listing per directory, not a lookup per file (each one a request on a store)."""
+    files: dict[str, list[str]] = {}
+    for rel in ctx.dir.glob("scores/shard-*.parquet") + ctx.dir.glob("refined/shard-*.parquet"):
+        files.setdefault(rel.rsplit("/", 1)[-1], []).append(rel)
+    return {name: tuple(files[name]) for name in sorted(files)}
 
 
 def _score_columns(ctx: StageContext) -> tuple[pa.Table, list[_Shard]]:
     """The ids and scores of every response (pass 1), and the shards in prompt order."""
     parts, shards = [], []
-    for name in _shard_names(ctx):
-        files = tuple(rel for rel in (f"scores/{name}", f"refined/{name}") if ctx.dir.exists(rel))
+    for name, files in _shard_files(ctx).items():
         table = pa.concat_tables([ctx.dir.read_table(rel, _SCORE_COLUMNS) for rel in files])
         if table.num_rows == 0:
             continue
