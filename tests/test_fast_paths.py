@@ -3,6 +3,7 @@ log-probs, padding-free packing, and variable-length attention, in values and gr
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
@@ -71,7 +72,7 @@ def trl_logps(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
 def gradients(model, chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, torch.Tensor]:
     model.zero_grad()
     # Any function of both sides will do; this one weighs each sequence differently.
-    scale = torch.arange(1, len(chosen) + 1, dtype=chosen.dtype)
+    scale = torch.arange(1, len(chosen) + 1, dtype=chosen.dtype, device=chosen.device)
     ((chosen - 2 * rejected) * scale).sum().backward()
     return {name: p.grad.clone() for name, p in model.named_parameters()}
 
@@ -260,24 +261,62 @@ def test_models_with_transformed_logits_are_refused():
     assert "final_logit_softcapping=30.0" in fast_logps_unsupported(capped)
 
 
+def relative_errors(grads: dict[str, torch.Tensor], truth: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {name: ((grads[name] - t).norm() / t.norm()).item() for name, t in truth.items()}
+
+
+def check_packed_bf16_against_trl(device: str) -> None:
+    """Under bf16 autocast (an fp32 model, as `spa train` loads it), the packed path (varlen
+    attention, chunked head) is as close to the fp32 computation as TRL's own bf16 padded
+    computation is: in values, and in every parameter's gradient (relative L2 error at most
+    1.5x TRL's, plus 1e-3). A fixed tolerance would not do: bf16 moves the largest gradient
+    entries by more than 5 % in both. Attention that leaked across or ahead of a sequence
+    gives errors of tens of percent."""
+    batch = {k: v.to(device) for k, v in preference_batch(pairs=8, seed=4).items()}
+    exact = tiny_llama("sdpa").to(device)
+    truth = trl_logps(exact, batch)
+    truth_grads = gradients(exact, *truth)
+    reference = tiny_llama("sdpa").to(device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        trl = trl_logps(reference, batch)
+    trl_grads = gradients(reference, *trl)
+    model = tiny_llama(register_varlen_attention()).to(device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        ours = completion_logps(model, batch, padding_free=True, chunk_tokens=16, pad_token_id=0)
+    ours_grads = gradients(model, *ours)
+    for got, theirs, exact_logps in zip(ours, trl, truth, strict=True):
+        ours_error = (got - exact_logps).abs().max().item()
+        assert ours_error <= 1.5 * (theirs - exact_logps).abs().max().item() + 1e-3, ours_error
+    trl_error, ours_error = relative_errors(trl_grads, truth_grads), relative_errors(ours_grads, truth_grads)
+    for name in truth_grads:
+        assert ours_error[name] <= 1.5 * trl_error[name] + 1e-3, (name, ours_error[name],
+                                                                 trl_error[name])
+
+
+def test_packed_path_under_bf16_autocast_is_as_close_to_fp32_as_trl():
+    """On a CPU: one bf16 sdpa call per sequence (the GPU test below: the flash kernel)."""
+    check_packed_bf16_against_trl("cpu")
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_on_a_gpu_flash_varlen_and_chunks_match_trl_within_bf16_tolerance():
-    """bf16 autocast on CUDA: PyTorch's flash varlen kernel and the chunked head against
-    TRL's padded sdpa computation, in values and gradients."""
+def test_on_a_gpu_flash_varlen_and_chunks_are_as_close_to_fp32_as_trl(monkeypatch):
+    """bf16 autocast on CUDA: PyTorch's flash varlen kernel runs every layer, in bf16 (an
+    fp32 model's query is fp32 under autocast: the rotary embedding promotes it), and the
+    result is as close to fp32 as TRL's padded sdpa computation."""
+    import torch.nn.attention.varlen as varlen_module
+
     from spa_core.training import fast
 
-    batch = {k: v.cuda() for k, v in preference_batch(pairs=8, seed=4).items()}
-    reference = tiny_llama("sdpa").cuda()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        want = trl_logps(reference, batch)
-    want_grads = gradients(reference, *want)
-    model = tiny_llama(register_varlen_attention()).cuda()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        got = completion_logps(model, batch, padding_free=True, chunk_tokens=16, pad_token_id=0)
+    kernel, calls = varlen_module.varlen_attn, []
+
+    @functools.wraps(kernel)  # the signature `_flash_varlen` reads
+    def counted(q, *args, **kwargs):
+        calls.append(q.dtype)
+        return kernel(q, *args, **kwargs)
+
+    monkeypatch.setattr(varlen_module, "varlen_attn", counted)
+    check_packed_bf16_against_trl("cuda")
     assert fast._FLASH_VARLEN["usable"], "PyTorch's varlen kernel failed on this GPU"
-    for g, w in zip(got, want, strict=True):
-        torch.testing.assert_close(g, w, rtol=0, atol=5e-2)
-    got_grads = gradients(model, *got)
-    for name, grad in want_grads.items():
-        torch.testing.assert_close(got_grads[name], grad, rtol=5e-2, atol=5e-3, msg=name)
+    # One call per layer of the packed forward pass (the backward pass is the op's own).
+    assert calls == [torch.bfloat16] * tiny_llama().config.num_hidden_layers, calls

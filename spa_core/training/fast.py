@@ -364,6 +364,23 @@ def _flash_varlen(
         return None
 
 
+def _half_precision(q: torch.Tensor) -> torch.dtype | None:
+    """The half-precision dtype the flash kernel computes CUDA attention in, or None.
+
+    Under autocast the query is not always half precision itself: in an fp32 model the
+    rotary embedding's fp32 cos/sin promote the (autocast bf16) projections back to fp32.
+    Autocast would run sdpa in its half dtype all the same, so the flash kernel does too.
+    """
+    if not q.is_cuda:
+        return None
+    if q.dtype in (torch.float16, torch.bfloat16):
+        return q.dtype
+    if torch.is_autocast_enabled("cuda"):
+        dtype = torch.get_autocast_dtype("cuda")
+        return dtype if dtype in (torch.float16, torch.bfloat16) else None
+    return None
+
+
 def varlen_attention(
     module: nn.Module,
     query: torch.Tensor,
@@ -377,9 +394,10 @@ def varlen_attention(
     """Causal attention within each packed sequence (transformers' attention interface).
 
     With the sequence boundaries (`cu_seq_lens_q`, as `completion_logps` passes them) and a
-    CUDA half-precision input, PyTorch's variable-length flash attention; otherwise one
-    scaled-dot-product attention per sequence. Without boundaries (a padded batch, say),
-    transformers' sdpa attention with its mask. Returns `(1, T, heads, head_dim)`.
+    CUDA input in half precision or under half-precision autocast, PyTorch's variable-length
+    flash attention (in that precision); otherwise one scaled-dot-product attention per
+    sequence. Without boundaries (a padded batch, say), transformers' sdpa attention with its
+    mask. Returns `(1, T, heads, head_dim)`.
     """
     cu_seqlens = kwargs.get("cu_seq_lens_q")
     if cu_seqlens is None or query.shape[0] != 1:
@@ -392,9 +410,10 @@ def varlen_attention(
     # (1, heads, T, D) -> (T, heads, D)
     q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))
     gqa = q.shape[1] != k.shape[1]
-    if q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+    half = _half_precision(q)
+    if half is not None:
         longest = int(kwargs.get("max_length_q") or int((cu_seqlens[1:] - cu_seqlens[:-1]).max()))
-        out = _flash_varlen(q, k, v, cu_seqlens, longest, scaling)
+        out = _flash_varlen(q.to(half), k.to(half), v.to(half), cu_seqlens, longest, scaling)
         if out is not None:
             return out[None], None
     bounds = cu_seqlens.tolist()

@@ -61,7 +61,7 @@ SHAPES: dict[str, dict[str, Any]] = {
     "1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
            "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
            "tie_word_embeddings": True, "rope_theta": 500000.0},
-    # Llama-3.1-8B widths, 8 layers (2.27B parameters)
+    # Llama-3.1-8B widths, 8 layers (2.80B parameters: untied 128k x 4096 embeddings and head)
     "8b-8l": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 8,
               "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256,
               "tie_word_embeddings": False, "rope_theta": 500000.0},
