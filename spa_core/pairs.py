@@ -10,6 +10,11 @@ Rules, in the order they are applied to each prompt group:
 3. *Consistency*: ``refined.a > max(sample.a)`` and ``refined.b > max(sample.b)``.
 4. *Informativeness*: ``Sigma`` is the sample covariance (ddof=1, as ``numpy.cov``) of the
    sampled ``(a, b)`` pairs, refined excluded; the group is kept when ``0 < det(Sigma) <= rho``.
+
+   Rules 3 and 4 each have a switch (``consistency``, ``informativeness``) for the paper's
+   ablation without noise filtering (its Fig. 6); a rule switched off drops nothing and
+   counts nothing. The native backend applies both rules: with one off, ``"auto"`` uses
+   this module's reference (vectorised NumPy) and ``"rust"`` is refused.
 5. *Pairs* over all responses of a kept group: ``(y+, y-)`` when ``(a+, b+) >lex (a-, b-)``
    and ``|a+ - a-| + |b+ - b-| >= delta``; ``gap = |(a+ + b+) - (a- + b-)|``.
 6. *Weights*: ``(gap / mean gap)^alpha``, the mean over the whole pair set; all 1 when
@@ -117,6 +122,8 @@ def select_pairs(
     rho: float,
     delta: float,
     alpha: float,
+    consistency: bool = True,
+    informativeness: bool = True,
     backend: Backend = "auto",
 ) -> PairSelection:
     """Denoise scored groups and build weighted lexicographic preference pairs.
@@ -129,15 +136,18 @@ def select_pairs(
     """
     rho, delta, alpha = _check_parameters(rho, delta, alpha)
     columns = _as_columns(prompt_id, response_id, is_refined, score_a, score_b)
-    if backend == "python":
-        return _select_python(*columns, rho=rho, delta=delta, alpha=alpha)
-    if backend not in ("auto", "rust"):
+    if backend not in ("auto", "python", "rust"):
         raise ValueError(f"backend must be 'auto', 'python' or 'rust', not {backend!r}")
-    native = _native_select()
+    filters = {"consistency": bool(consistency), "informativeness": bool(informativeness)}
+    off = [name for name, on in filters.items() if not on]
+    if backend == "rust" and off:
+        raise ValueError(f"backend='rust' applies every filter; {' and '.join(off)} switched "
+                         "off needs backend='python' or 'auto'")
+    native = None if backend == "python" or off else _native_select()
     if native is None:
         if backend == "rust":
             raise ImportError("backend='rust' needs spa_core._native.select_pairs (not built)")
-        return _select_python(*columns, rho=rho, delta=delta, alpha=alpha)
+        return _select_python(*columns, rho=rho, delta=delta, alpha=alpha, **filters)
     return _select_native(native, *columns, rho=rho, delta=delta, alpha=alpha)
 
 
@@ -261,6 +271,8 @@ def _select_python(
     rho: float,
     delta: float,
     alpha: float,
+    consistency: bool = True,
+    informativeness: bool = True,
 ) -> PairSelection:
     for name, column in (("score_a", score_a), ("score_b", score_b)):
         if np.isinf(column).any():
@@ -300,7 +312,7 @@ def _select_python(
     max_b = np.full(n_groups, -np.inf)
     np.maximum.at(max_a, s_gid, s_a)
     np.maximum.at(max_b, s_gid, s_b)
-    consistent = well_formed & (ref_a > max_a) & (ref_b > max_b)
+    consistent = well_formed & (ref_a > max_a) & (ref_b > max_b) if consistency else well_formed
     stats["dropped_consistency"] = int(np.count_nonzero(well_formed & ~consistent))
 
     n = n_samples.astype(np.float64)
@@ -316,6 +328,8 @@ def _select_python(
         d = caa * cbb - cab * cab
         det_zero = d <= DET_ZERO_RELATIVE * (caa * cbb)
         det = d / (n * n * (n - 1) * (n - 1))
+    if not informativeness:
+        det_zero, det = np.zeros(n_groups, dtype=bool), np.zeros(n_groups)
     informative = consistent & ~det_zero
     stats["dropped_det_zero"] = int(np.count_nonzero(consistent & det_zero))
     kept = informative & (det <= rho)

@@ -145,6 +145,8 @@ class PromptsSpec(_Spec):
     """JSONL, Parquet or CSV file, local or an fsspec URI (s3://, gs://, ...)."""
     dataset: Annotated[str | None, Field(max_length=512)] = None
     """Hugging Face dataset id (needs the `hub` extra)."""
+    config: Annotated[str | None, Field(min_length=1, max_length=256)] = None
+    """Dataset configuration (subset) name, for datasets that have several (with `dataset`)."""
     split: Annotated[str, Field(min_length=1, max_length=128)] = "train"
     """Dataset split (with `dataset`)."""
     column: Annotated[str, Field(min_length=1, max_length=256)] = "prompt"
@@ -155,6 +157,9 @@ class PromptsSpec(_Spec):
     """Seed of the shuffle that draws the prompts."""
     bad_rows: Literal["skip", "fail"] = "skip"
     """Rows without a usable prompt: skip and count them, or fail naming the row."""
+    deduplicate: bool = True
+    """Drop a prompt whose text, normalised (Unicode NFKC, case folded, whitespace collapsed),
+    repeats an earlier row's; counted. Held-out prompts are always disjoint from training."""
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> PromptsSpec:
@@ -164,6 +169,8 @@ class PromptsSpec(_Spec):
                 "set exactly one of builtin, path, dataset"
                 + (f" (got {', '.join(sources)})" if sources else "")
             )
+        if self.config is not None and self.dataset is None:
+            raise ValueError("config names a configuration of a Hugging Face dataset: set dataset")
         return self
 
 
@@ -212,6 +219,12 @@ class DenoisingSpec(_Spec):
     """Upper bound on det(Sigma) of a group's sampled scores (paper: 10..50)."""
     delta: Annotated[float, Field(ge=0.0, le=18.0)] = 2.0
     """Minimum L1 score distance of a pair (paper: 2, 3 or 4)."""
+    consistency: bool = True
+    """Keep only groups whose refined answer beats every sample on both scores. Off (with
+    `informativeness` off too): the paper's ablation without noise filtering (Fig. 6)."""
+    informativeness: bool = True
+    """Keep only groups whose samples' scores have 0 < det(Sigma) <= rho. Off: every group
+    that passes the other rules is kept, whatever its scores' spread."""
 
 
 class TrainingSpeedSpec(_Spec):
@@ -242,6 +255,10 @@ class TrainingSpeedSpec(_Spec):
 MAX_TRAINING_RESTARTS = 100
 
 
+#: `training.beta` when unset, by loss.
+DEFAULT_BETA: dict[str, float] = {"spa": 2.0, "simpo": 2.0, "dpo": 0.1, "sft": 2.0}
+
+
 class TrainingSpec(_Spec):
     """Preference optimisation (steps 6-7)."""
 
@@ -249,8 +266,9 @@ class TrainingSpec(_Spec):
     """spa: uncertainty-weighted SimPO; simpo, dpo, sft: the paper's ablations."""
     alpha: Annotated[float, Field(ge=0.0, le=16.0)] = 1.0
     """Exponent of the uncertainty weights (paper: 1..4)."""
-    beta: Annotated[float, Field(gt=0.0, le=100.0)] = 2.0
-    """Reward scale (SimPO default 2.0; for dpo, the KL coefficient)."""
+    beta: Annotated[float | None, Field(gt=0.0, le=100.0)] = None
+    """Reward scale; for dpo, the KL coefficient. Unset: each loss's own default, 2.0 for spa
+    and simpo (SimPO's), 0.1 for dpo (TRL's DPO default); sft has none."""
     gamma: Annotated[float, Field(ge=0.0, le=100.0)] = 1.0
     """Target reward margin (SimPO default: 0.5 * beta)."""
     learning_rate: Annotated[float, Field(gt=0.0, le=1e-2)] = 1e-6
@@ -295,6 +313,12 @@ class TrainingSpec(_Spec):
     ] = ["tensorboard"]
     """Where the trainer logs its metrics (transformers' `report_to`); TensorBoard writes
     under the train stage's `runs/`. Empty: nowhere but the run directory's log history."""
+
+    @model_validator(mode="after")
+    def _beta_by_loss(self) -> TrainingSpec:
+        if self.beta is None:  # resolved once: every reader (and the stage hash) sees a number
+            object.__setattr__(self, "beta", DEFAULT_BETA[self.loss])
+        return self
 
     @model_validator(mode="after")
     def _completion_fits(self) -> TrainingSpec:

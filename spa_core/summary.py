@@ -14,6 +14,9 @@ __all__ = ["collect", "summary_table"]
 ROWS = [
     ("prompts in", "prompts", "prompts"),
     ("bad prompt rows skipped", "prompts", "bad_rows"),
+    ("repeated prompts dropped", "prompts", "duplicate_rows"),
+    ("held-out prompts", "prompts", "heldout"),
+    ("held-out prompts dropped: in training", "prompts", "heldout_in_training"),
     ("responses sampled", "samples", "samples"),
     ("generation failures", "samples", "samples_failed"),
     ("samples scored (strict JSON)", "scores", "ok"),

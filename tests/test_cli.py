@@ -45,7 +45,8 @@ def test_validate_prints_every_default(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     assert data["spec"]["sampling"]["numSamples"] == 5
-    assert data["spec"]["denoising"] == {"rho": 30.0, "delta": 2.0}
+    assert data["spec"]["denoising"] == {"rho": 30.0, "delta": 2.0, "consistency": True,
+                                         "informativeness": True}
 
 
 def test_invalid_spec_exits_2_naming_the_field(tmp_path: Path) -> None:

@@ -125,6 +125,44 @@ def test_det_formula_matches_numpy_cov(samples: list[tuple[int, int]]) -> None:
         assert run(group(1, samples, refined), rho=expected * (1 - 1e-9)).stats["groups_kept"] == 0
 
 
+# --------------------------------------------------------------------------- filter switches
+
+
+def test_consistency_off_keeps_groups_the_refined_answer_does_not_beat() -> None:
+    rows = group(1, SQUARE, (3.0, 5.0)) + group(2, SQUARE, (5.0, 5.0))
+    assert run(rows).kept_prompt_ids.tolist() == [2]
+    off = run(rows, consistency=False)
+    assert off.kept_prompt_ids.tolist() == [1, 2]
+    assert off.stats["dropped_consistency"] == 0
+    # Pairs come from every response of the group, the losing refined answer included.
+    assert (1, 4, 0) in pair_list(off) and (1, 3, 4) in pair_list(off)
+
+
+def test_informativeness_off_keeps_zero_and_large_det_groups() -> None:
+    collinear = [(1.0, 1.0), (2.0, 2.0), (3.0, 3.0)]
+    rows = group(1, collinear, (5.0, 5.0)) + group(2, SQUARE, (5.0, 5.0))
+    assert run(rows, rho=1.0).kept_prompt_ids.tolist() == []
+    off = run(rows, rho=1.0, informativeness=False)
+    assert off.kept_prompt_ids.tolist() == [1, 2]
+    assert off.stats["dropped_det_zero"] == off.stats["dropped_det_above_rho"] == 0
+
+
+def test_without_noise_filtering_only_malformed_groups_are_dropped() -> None:
+    rows = (group(1, SQUARE, (0.0, 0.0)) + group(2, [(1.0, 1.0), (1.0, 1.0)], (0.0, 9.0))
+            + [(3, 0, False, 1.0, 1.0), (3, 1, True, 9.0, 9.0)])
+    result = run(rows, consistency=False, informativeness=False)
+    assert result.kept_prompt_ids.tolist() == [1, 2]
+    assert result.stats["dropped_malformed"] == 1
+
+
+def test_switched_off_filters_take_the_reference_backend() -> None:
+    rows = group(1, SQUARE, (3.0, 5.0)) + group(2, SQUARE, (5.0, 5.0))
+    auto = select_pairs(*columns(rows), **PARAMS, consistency=False)
+    assert pair_list(auto) == pair_list(run(rows, consistency=False))
+    with pytest.raises(ValueError, match="consistency switched off needs backend='python'"):
+        select_pairs(*columns(rows), **PARAMS, consistency=False, backend="rust")
+
+
 # --------------------------------------------------------------------------- malformed groups
 
 

@@ -178,3 +178,21 @@ def test_on_an_object_store_the_files_appear_once_complete(
     for rel in OUTPUTS:
         assert s3_bucket.fs.cat_file(f"{s3_bucket.name}/runs/recorded/iter-00/{rel}") == \
             (RECORDED_RUN / "iter-00" / rel).read_bytes(), rel
+
+
+def test_the_filter_switches_reach_the_stage(synthetic: Path, tmp_path: Path) -> None:
+    """`denoising.consistency/informativeness: false` (the paper's ablation without noise
+    filtering): every well-formed group is kept, and the pairs are those of the reference."""
+    run = tmp_path / "run"
+    shutil.copytree(synthetic, run)
+    filtered = pairs_stage(run, 600)
+    doc = run_document(600)
+    doc["spec"]["denoising"] |= {"consistency": False, "informativeness": False}
+    unfiltered = pairs_stage(run, 600, spec=doc)
+    assert unfiltered["groups_kept"] > filtered["groups_kept"]
+    assert unfiltered["dropped_consistency"] == unfiltered["dropped_det_zero"] == 0
+    assert unfiltered["dropped_det_above_rho"] == 0
+    assert unfiltered["groups_kept"] == unfiltered["groups_in"] - unfiltered["dropped_malformed"]
+    it = RunDir(run / "iter-00")
+    pairs = it.read_table("pairs/pairs.parquet")
+    assert pairs.num_rows == unfiltered["pairs"] > filtered["pairs"]

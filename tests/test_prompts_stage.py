@@ -105,3 +105,60 @@ def test_a_finished_stage_is_not_redone(tmp_path: Path) -> None:
     before = path.stat().st_mtime_ns
     assert run_prompts(ctx)["prompts"] == 4
     assert path.stat().st_mtime_ns == before
+
+
+def test_repeated_prompts_are_dropped_by_normalised_text_and_counted(tmp_path: Path) -> None:
+    texts = ["How do I store bleach?", "how do  I store\tbleach?", "HOW DO I STORE BLEACH?",
+             "Is it safe to mix cleaners?", "ｉｓ it safe to mix cleaners?", "What is a VPN?"]
+    src = write_jsonl(tmp_path / "p.jsonl", [json.dumps({"prompt": t}) for t in texts])
+    ctx = context(tmp_path, prompts={"path": str(src)}, evaluation={"count": 1})
+    stats = run_prompts(ctx)
+    assert stats["duplicate_rows"] == 3 and stats["source_rows"] == 6  # NFKC: full-width too
+    held = ctx.dir.read_table("prompts/heldout.parquet")
+    train = ctx.dir.read_table("prompts/prompts.parquet")
+    # The first row of each repeated prompt stays; the held-out one is none of the training.
+    ids = sorted(held.column("prompt_id").to_pylist() + train.column("prompt_id").to_pylist())
+    assert ids == [1, 4, 6] and stats["heldout"] == 1 and stats["prompts"] == 2
+    kept = run_prompts(context(tmp_path / "all", prompts={"path": str(src), "deduplicate": False},
+                               evaluation={"enabled": False}))
+    assert kept["prompts"] == 6 and kept["duplicate_rows"] == 0
+
+
+def test_held_out_prompts_from_their_own_source_exclude_training_prompts(tmp_path: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl",
+                        [json.dumps({"prompt": f"Question {i}?"}) for i in range(6)])
+    held = write_jsonl(tmp_path / "held.jsonl", [json.dumps({"prompt": t}) for t in [
+        "question 2?", "A new question?", "A new  question?", "Question 5?", "Another one?"]])
+    ctx = context(tmp_path, prompts={"path": str(train), "count": 2},
+                  evaluation={"count": 10, "prompts": {"path": str(held)}})
+    stats = run_prompts(ctx)
+    assert stats["heldout_in_training"] == 2 and stats["heldout_duplicate_rows"] == 1
+    table = ctx.dir.read_table("prompts/heldout.parquet")
+    assert table.column("prompt").to_pylist() == ["A new question?", "Another one?"]
+    assert stats["heldout"] == 2
+    # Every one of them a training prompt: a clear error, and nothing written.
+    only_training = write_jsonl(tmp_path / "dup.jsonl", [json.dumps({"prompt": "QUESTION 1?"})])
+    ctx = context(tmp_path / "b", prompts={"path": str(train)},
+                  evaluation={"prompts": {"path": str(only_training)}})
+    with pytest.raises(BadPromptRows, match=r"no prompt that is not also a training prompt"):
+        run_prompts(ctx)
+    assert not ctx.dir.exists("prompts/heldout.parquet")
+
+
+def test_a_hub_dataset_configuration_is_read_by_name(tmp_path: Path) -> None:
+    """`prompts.config`: a dataset with two configurations (a local dataset directory whose
+    README declares them, read by `datasets` as a Hub dataset is; nothing is downloaded)."""
+    data = tmp_path / "dataset"
+    data.mkdir()
+    (data / "README.md").write_text(
+        "---\nconfigs:\n- config_name: first\n  data_files: first.jsonl\n"
+        "- config_name: second\n  data_files: second.jsonl\n---\n")
+    write_jsonl(data / "first.jsonl", [json.dumps({"prompt": "from the first?"})])
+    write_jsonl(data / "second.jsonl", [json.dumps({"prompt": f"second {i}?"}) for i in range(3)])
+    ctx = context(tmp_path, prompts={"dataset": str(data), "config": "second"},
+                  evaluation={"enabled": False})
+    assert run_prompts(ctx)["prompts"] == 3
+    assert sorted(ctx.dir.read_table("prompts/prompts.parquet").column("prompt").to_pylist()) \
+        == ["second 0?", "second 1?", "second 2?"]
+    with pytest.raises(ValueError, match="config names a configuration of a Hugging Face dataset"):
+        context(tmp_path, prompts={"builtin": "honesty", "config": "second"})

@@ -40,6 +40,17 @@ def test_defaults_follow_the_paper() -> None:
     assert s.variation_probability == 0.0
 
 
+@pytest.mark.parametrize(("loss", "beta"), [("spa", 2.0), ("simpo", 2.0), ("dpo", 0.1)])
+def test_each_loss_has_its_own_beta_unless_one_is_set(loss: str, beta: float) -> None:
+    training = parse_run(doc(training={"loss": loss})).spec.training
+    assert training.beta == beta
+    # The resolved value is what a dump (the operator's spec ConfigMap, a stage's hash) holds,
+    # so a round trip keeps it; an explicit beta wins for every loss.
+    again = parse_run(doc(training=training.model_dump(by_alias=True))).spec.training
+    assert again == training
+    assert parse_run(doc(training={"loss": loss, "beta": 2.5})).spec.training.beta == 2.5
+
+
 def test_honesty_runs_vary_the_system_prompt_half_the_time() -> None:
     run = parse_run(doc(objectives={"primary": "honesty"}))
     assert run.spec.variation_probability == 0.5

@@ -143,7 +143,8 @@ def run_pairs(ctx: StageContext) -> dict:
     selection = select_pairs(
         scores.column("prompt_id"), scores.column("response_id"),
         scores.column("is_refined"), scores.column("score_a"), scores.column("score_b"),
-        rho=d.rho, delta=d.delta, alpha=alpha,
+        rho=d.rho, delta=d.delta, alpha=alpha, consistency=d.consistency,
+        informativeness=d.informativeness,
     )
     del scores
     pairs = selection.to_arrow()  # sorted by (prompt, chosen, rejected)

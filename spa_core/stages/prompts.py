@@ -1,9 +1,12 @@
 """Stage `prompts`: read the seed prompts, validate them, draw this iteration's share.
 
-The source is shuffled once with `prompts.seed`; the last `evaluation.count` prompts are
-held out for evaluation, and each iteration draws `prompts.count` of the rest (the same
-ones every round, or the next ones with `iterations.prompts: new`). A prompt's id is its
-row number in the source, so it stays the same across iterations and reruns.
+Repeated prompts are dropped first (`prompts.deduplicate`, by normalised text: the first row
+stays). The source is then shuffled once with `prompts.seed`; the last `evaluation.count`
+prompts are held out for evaluation, and each iteration draws `prompts.count` of the rest
+(the same ones every round, or the next ones with `iterations.prompts: new`). Held-out
+prompts from their own source (`evaluation.prompts`) that the training source also holds
+are dropped, so evaluation never sees a training prompt. A prompt's id is its row number in
+the source, so it stays the same across iterations and reruns.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +24,8 @@ from spa_core.spec import PromptsSpec
 from spa_core.stages.context import StageContext
 from spa_core.stages.manifest import StageManifest, config_hash
 
-__all__ = ["BadPromptRows", "PromptRows", "read_prompts", "run_prompts"]
+__all__ = ["BadPromptRows", "PromptRows", "deduplicate", "normalise", "read_prompts",
+           "run_prompts"]
 
 STAGE = "prompts"
 MAX_PROMPT_CHARS = 100_000
@@ -45,6 +50,26 @@ class PromptRows:
         else:
             self.rows.append(row)
             self.prompts.append(str(value).strip())
+
+
+def normalise(prompt: str) -> str:
+    """What two prompts must share to count as the same: NFKC, case folded, whitespace
+    collapsed."""
+    return " ".join(unicodedata.normalize("NFKC", prompt).casefold().split())
+
+
+def deduplicate(rows: PromptRows, seen: set[str] | None = None) -> tuple[PromptRows, int]:
+    """`rows` without the prompts whose normalised text an earlier row (or `seen`) has; and
+    how many were dropped. `seen` gains the kept prompts' texts."""
+    seen = set() if seen is None else seen
+    out = PromptRows(bad=rows.bad)
+    for row, prompt in zip(rows.rows, rows.prompts, strict=True):
+        key = normalise(prompt)
+        if key not in seen:
+            seen.add(key)
+            out.rows.append(row)
+            out.prompts.append(prompt)
+    return out, len(rows.rows) - len(out.rows)
 
 
 def _problem(value: object) -> str | None:
@@ -72,10 +97,11 @@ def read_prompts(spec: PromptsSpec) -> PromptRows:
             import datasets
         except ImportError as exc:  # pragma: no cover - depends on extras
             raise ImportError("prompts.dataset needs the `hub` extra: pip install 'spa-core[hub]'") from exc
-        ds = datasets.load_dataset(spec.dataset, split=spec.split)
+        ds = datasets.load_dataset(spec.dataset, spec.config, split=spec.split)
         if spec.column not in ds.column_names:
+            where = f"{spec.config}, {spec.split}" if spec.config else spec.split
             raise BadPromptRows(
-                f"dataset {spec.dataset} ({spec.split}) has no column {spec.column!r}; "
+                f"dataset {spec.dataset} ({where}) has no column {spec.column!r}; "
                 f"columns: {', '.join(ds.column_names)}"
             )
         for i, text in enumerate(ds[spec.column], start=1):
@@ -163,21 +189,37 @@ def run_prompts(ctx: StageContext) -> dict:
         raise BadPromptRows(f"{len(rows.bad)} bad prompt row(s): {first}")
     if not rows.rows:
         raise BadPromptRows("the prompt source has no usable prompt")
+    duplicates = 0
+    if spec.prompts.deduplicate:
+        rows, duplicates = deduplicate(rows)
     train_idx, held_idx = draw(rows, spec.prompts, heldout, ctx.iteration,
                                spec.iterations.prompts == "new")
+    held_stats = {}
     if spec.evaluation.enabled and spec.evaluation.prompts is not None:
-        held_rows = read_prompts(spec.evaluation.prompts)
+        # Disjoint from every prompt of the training source, not only this iteration's.
+        training = {normalise(p) for p in rows.prompts}
+        source = read_prompts(spec.evaluation.prompts)
+        if spec.evaluation.prompts.deduplicate:
+            source, held_stats["heldout_duplicate_rows"] = deduplicate(source)
+        held_rows, in_training = deduplicate(source, training)
+        held_stats["heldout_in_training"] = in_training
+        if not held_rows.rows:
+            raise BadPromptRows(
+                f"evaluation.prompts has no prompt that is not also a training prompt "
+                f"({in_training} of {len(source.rows)} are in the training source)")
         held_table = _table(held_rows, np.arange(min(spec.evaluation.count, len(held_rows.rows))))
     else:
         held_table = _table(rows, held_idx)
     ctx.dir.write_table(f"{STAGE}/heldout.parquet", held_table)
     ctx.dir.write_table(f"{STAGE}/prompts.parquet", _table(rows, np.sort(train_idx)))
     stats = {
-        "source_rows": len(rows.rows) + len(rows.bad),
+        "source_rows": len(rows.rows) + duplicates + len(rows.bad),
         "bad_rows": len(rows.bad),
         "bad_row_examples": [f"row {r}: {why}" for r, why in rows.bad[:10]],
+        "duplicate_rows": duplicates,
         "prompts": int(len(train_idx)),
         "heldout": int(held_table.num_rows),
+        **held_stats,
     }
     manifest.finish(ctx.dir, **stats)
     return stats
