@@ -33,8 +33,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from spa_core.layout import (
+    PAIR_RESPONSES,
+    PAIRS,
+    PROMPTS,
+    iteration_dir,
+    shard_glob,
+    shard_name,
+    shard_path,
+)
 from spa_core.rundir import RunDir
-from spa_core.stages.context import iteration_dir
 from spa_core.stages.manifest import StageManifest
 
 __all__ = ["run_document", "write_synthetic_run"]
@@ -75,17 +83,17 @@ def write_synthetic_run(root: Path, n_prompts: int, shard_size: int, *, seed: in
     manifests = {stage: StageManifest.open(it, stage, f"synthetic-{stage}", force=True)
                  for stage in ("prompts", "samples", "scores", "refined")}
     ids = np.arange(n_prompts, dtype=np.int64)
-    it.write_table("prompts/prompts.parquet", pa.table({
+    it.write_table(PROMPTS, pa.table({
         "prompt_id": pa.array(ids, pa.int64()),
         "prompt": _texts(rng, pool, n_prompts, 300.0, 2048)}))
     for k, start in enumerate(range(0, n_prompts, shard_size)):
-        name = f"shard-{k:05d}"
+        name = shard_name(k)
         pid = ids[start:start + shard_size]
         n = pid.size
         rows = n * SAMPLES
         s_pid = np.repeat(pid, SAMPLES)
         s_rid = np.tile(np.arange(SAMPLES, dtype=np.int64), n)
-        it.write_table(f"samples/{name}.parquet", pa.table({
+        it.write_table(shard_path("samples", name), pa.table({
             "prompt_id": s_pid, "response_id": s_rid,
             "system_prompt": pa.nulls(rows, pa.string()),
             "system_varied": np.zeros(rows, bool),
@@ -95,7 +103,7 @@ def write_synthetic_run(root: Path, n_prompts: int, shard_size: int, *, seed: in
         a = rng.integers(1, 10, rows).astype(np.float64)  # 1..9
         b = rng.integers(1, 10, rows).astype(np.float64)
         a[rng.random(rows) < 0.02] = np.nan  # unparsed judgements
-        it.write_table(f"scores/{name}.parquet", pa.table({
+        it.write_table(shard_path("scores", name), pa.table({
             "prompt_id": s_pid, "response_id": s_rid, "is_refined": np.zeros(rows, bool),
             "score_a": a, "score_b": b, "status": pa.array(np.full(rows, "ok")),
             "judge_output": _texts(rng, pool, rows, 120.0, 512)}))
@@ -106,7 +114,7 @@ def write_synthetic_run(root: Path, n_prompts: int, shard_size: int, *, seed: in
         better = rng.random(n) < 0.7
         r_a = np.where(better, np.minimum(best_a + 1, 10), rng.integers(1, 11, n))
         r_b = np.where(better, np.minimum(best_b + 1, 10), rng.integers(1, 11, n))
-        it.write_table(f"refined/{name}.parquet", pa.table({
+        it.write_table(shard_path("refined", name), pa.table({
             "prompt_id": pid, "response_id": np.full(n, SAMPLES, np.int64),
             "is_refined": np.ones(n, bool),
             "response": _texts(rng, pool, n, text_median, text_cap),
@@ -148,7 +156,7 @@ def _child_scores_floor(root: str) -> dict[str, float]:
     it = RunDir(root).child(iteration_dir(0))
     start = time.perf_counter()
     for stage in ("scores", "refined"):
-        for rel in it.glob(f"{stage}/shard-*.parquet"):
+        for rel in it.glob(shard_glob(stage)):
             it.read_table(rel, ["prompt_id", "response_id", "is_refined", "score_a", "score_b"])
     return {"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()}
 
@@ -156,7 +164,7 @@ def _child_scores_floor(root: str) -> dict[str, float]:
 def _child_texts_floor(root: str) -> dict[str, float]:
     it = RunDir(root).child(iteration_dir(0))
     start = time.perf_counter()
-    for rel in it.glob("scores/shard-*.parquet"):
+    for rel in it.glob(shard_glob("scores")):
         it.read_table(rel, ["prompt_id", "response_id", "is_refined", "score_a", "score_b",
                             "status"])
         it.read_table(rel.replace("scores/", "samples/"), ["prompt_id", "response_id",
@@ -164,10 +172,10 @@ def _child_texts_floor(root: str) -> dict[str, float]:
         it.read_table(rel.replace("scores/", "refined/"), ["prompt_id", "response_id",
                                                             "is_refined", "response", "score_a",
                                                             "score_b", "status"])
-    it.read_table("prompts/prompts.parquet")
+    it.read_table(PROMPTS)
     read = time.perf_counter() - start
     written = 0.0
-    for rel in ("pairs/responses.parquet", "pairs/pairs.parquet"):
+    for rel in (PAIR_RESPONSES, PAIRS):
         source = pq.ParquetFile(it.path(rel))
         with pq.ParquetWriter(it.path(f"{rel}.floor"), source.schema_arrow,
                               compression="zstd") as writer:

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from spa_core.layout import REPORT_DIR, REPORT_HTML, SPEC_FILE, TUNE_RHO
 from spa_core.models import GPUsUnavailable
 from spa_core.rundir import RunDir
 from spa_core.spec import SPAAlignmentRun, SpecError, load_run
@@ -150,10 +151,6 @@ def run(spec: SpecArg, run_dir: RunDirOpt = None, force: ForceOpt = False) -> No
         console.print(f"[yellow]no report:[/] {exc}", highlight=False)
 
 
-#: The validated spec of the run, kept in its run directory (for `spa report RUN_DIR`).
-SPEC_FILE = "spec.json"
-
-
 def _record_spec(root: RunDir, run: SPAAlignmentRun) -> None:
     data = run.model_dump(mode="json", by_alias=True)
     if not root.exists(SPEC_FILE) or root.read_json(SPEC_FILE) != data:
@@ -170,12 +167,12 @@ def _report(root: RunDir, run: dict) -> str:
     iterations = int((spec.get("iterations") or {}).get("count", 1))
     name = (run.get("metadata") or {}).get("name", "run")
     if root.is_local:
-        html_path, _ = write_report(root, name, spec, iterations, Path(root.path("report")))
+        html_path, _ = write_report(root, name, spec, iterations, Path(root.path(REPORT_DIR)))
         return str(html_path)
     with tempfile.TemporaryDirectory() as tmp:
         write_report(root, name, spec, iterations, Path(tmp))
-        root.upload_dir(Path(tmp), "report")
-    return root.url("report", "report.html")
+        root.upload_dir(Path(tmp), REPORT_DIR)
+    return root.url(REPORT_DIR, REPORT_HTML)
 
 
 @app.command()
@@ -233,7 +230,7 @@ def tune_rho_command(
             ctx.close()
     except _user_errors() as exc:
         _fail(exc)
-    ctx.dir.write_json("tune-rho.json", result)
+    ctx.dir.write_json(TUNE_RHO, result)
     table = Table(title=f"self-judge vs {result['judge']} ({result['samples']} samples, "
                         f"{result['unparsed']} unparsed)")
     for column in ("kept", "det(Σ) ≤", "samples", "RV"):
@@ -245,7 +242,7 @@ def tune_rho_command(
     suggested = result["suggested_rho"]
     Console().print("suggested rho: " + ("none (too few samples)" if suggested is None
                                          else f"{suggested:.3g}") +
-                    f"  (written to {ctx.dir.url('tune-rho.json')})")
+                    f"  (written to {ctx.dir.url(TUNE_RHO)})")
 
 
 @app.command()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from spa_core.layout import STAGE_DIRS, finished_stats, iteration_dir
 from spa_core.rundir import RunDir
-from spa_core.stages.context import iteration_dir
-from spa_core.stages.manifest import StageManifest
 
 __all__ = ["collect", "summary_table"]
 
@@ -44,10 +43,7 @@ _UNSCORED = ("partial", "out_of_range", "missing", "no_response")
 def collect(root: RunDir, iteration: int) -> dict[str, object]:
     """Flat stats of one iteration, read from its stage manifests."""
     it = root.child(iteration_dir(iteration))
-    stats: dict[str, dict] = {}
-    for stage in ("prompts", "samples", "scores", "refined", "pairs", "train", "evaluate"):
-        manifest = StageManifest.load(it, stage)
-        stats[stage] = manifest.stats if manifest and manifest.complete else {}
+    stats: dict[str, dict] = {stage: finished_stats(it, stage) for stage in STAGE_DIRS}
     out: dict[str, object] = {}
     for _, stage, key in ROWS:
         if stage is not None and key in stats[stage]:

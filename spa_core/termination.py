@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from spa_core.layout import finished_stats, iteration_dir
 from spa_core.rundir import RunDir
 
 __all__ = ["TERMINATION_LOG_ENV", "USAGE_ERROR_EXIT_CODE", "evaluation_headline",
@@ -48,13 +49,7 @@ def stage_counts(root: RunDir, iteration: int) -> dict[str, int]:
 def evaluation_headline(root: RunDir, iteration: int) -> dict[str, float]:
     """Before/after means and pairwise win rates of a finished evaluate stage (camelCase,
     as the run's status shows them)."""
-    from spa_core.stages.context import iteration_dir
-    from spa_core.stages.manifest import StageManifest
-
-    manifest = StageManifest.load(root.child(iteration_dir(iteration)), "evaluate")
-    if manifest is None or not manifest.complete:
-        return {}
-    stats = manifest.stats
+    stats = finished_stats(root.child(iteration_dir(iteration)), "evaluate")
     out = {}
     for key, name in (("before_primary", "beforePrimary"), ("after_primary", "afterPrimary"),
                       ("before_helpfulness", "beforeHelpfulness"),

@@ -17,8 +17,9 @@ import pytest
 import torch
 from training_helpers import build_tiny_model, write_pairs
 
+from spa_core.layout import DISTRIBUTED_CONFIG_ENV
 from spa_core.spec import TrainingSpec
-from spa_core.training.distributed import DISTRIBUTED_CONFIG_ENV, config_file
+from spa_core.training.distributed import config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("fsdp_worker.py")

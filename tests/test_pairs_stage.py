@@ -15,11 +15,11 @@ import pytest
 import spa_core.rundir
 from object_store_helpers import S3Bucket
 from spa_core.bench_stage import run_document, write_synthetic_run
+from spa_core.layout import MANIFEST
 from spa_core.pairs import select_pairs
 from spa_core.rundir import RunDir
 from spa_core.spec import parse_run
 from spa_core.stages.context import StageContext
-from spa_core.stages.manifest import MANIFEST
 from spa_core.stages.pairs import run_pairs
 
 RECORDED_RUN = Path(__file__).resolve().parent / "data" / "recorded-run"

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
 
+from spa_core.layout import CHECKPOINT, PAIRS, REPORT_DIR, REPORT_HTML, iteration_dir
 from spa_core.spec import API_VERSION, RunSpec, SpecError, parse_run
-from spa_core.stages.context import CHECKPOINT, iteration_dir
 from spa_operator import names
 from spa_operator.builders import WORKLOADS, Owner, first_workloads, storage, training_gpus
 from spa_operator.builders.common import COMPONENT_LABEL
@@ -286,12 +286,12 @@ def _artifacts(run: RunObject, spec: RunSpec, step: Step,
     paired = {"Training", "Evaluation", "Done"}
     done = step.iteration if step.stage in paired else step.iteration - 1
     if done >= 0:
-        out["pairs"] = posixpath.join(root, iteration_dir(done), "pairs", "pairs.parquet")
+        out["pairs"] = posixpath.join(root, iteration_dir(done), PAIRS)
     trained = step.iteration if step.stage in {"Evaluation", "Done"} else step.iteration - 1
     if trained >= 0:
         out["model"] = posixpath.join(root, iteration_dir(trained), CHECKPOINT)
     evaluated = step.iteration if step.stage == "Done" else step.iteration - 1
     if spec.evaluation.enabled and evaluated >= 0:
-        out["report"] = posixpath.join(root, "report", "report.html")
+        out["report"] = posixpath.join(root, REPORT_DIR, REPORT_HTML)
     return out
 

@@ -27,9 +27,17 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from spa_core.layout import (
+    EVAL_RESPONSES,
+    PAIR_RESPONSES,
+    PAIRS,
+    REPORT_HTML,
+    REPORT_MD,
+    TRAIN_LOG,
+    finished_stats,
+    iteration_dir,
+)
 from spa_core.rundir import RunDir
-from spa_core.stages.context import iteration_dir
-from spa_core.stages.manifest import StageManifest
 from spa_core.summary import collect
 
 if TYPE_CHECKING:
@@ -69,11 +77,6 @@ def _fmt(x: Any, digits: int = 2) -> str:
     if isinstance(x, float):
         return f"{x:.{digits}f}"
     return str(x)
-
-
-def _stats(it: RunDir, stage: str) -> dict[str, Any]:
-    manifest = StageManifest.load(it, stage)
-    return manifest.stats if manifest and manifest.complete else {}
 
 
 def _table(it: RunDir, rel: str) -> Any | None:
@@ -166,7 +169,7 @@ def _group_dets(responses: Any) -> np.ndarray:
 
 def _dets(it: RunDir, rho: float, plot: Callable[..., str]) -> Section:
     s = Section(SECTIONS[2])
-    responses = _table(it, "pairs/responses.parquet")
+    responses = _table(it, PAIR_RESPONSES)
     if responses is None:
         s.missing = "no scored groups yet (run `spa pairs`)"
         return s
@@ -191,7 +194,7 @@ def _dets(it: RunDir, rho: float, plot: Callable[..., str]) -> Section:
 
 def _pairs(it: RunDir, plot: Callable[..., str]) -> Section:
     s = Section(SECTIONS[3])
-    pairs = _table(it, "pairs/pairs.parquet")
+    pairs = _table(it, PAIRS)
     if pairs is None or pairs.num_rows == 0:
         s.missing = "no pairs" if pairs is not None else "no pairs yet (run `spa pairs`)"
         return s
@@ -214,11 +217,10 @@ def _pairs(it: RunDir, plot: Callable[..., str]) -> Section:
 
 def _training(it: RunDir, plot: Callable[..., str]) -> Section:
     s = Section(SECTIONS[4])
-    rel = "train/log_history.json"
-    if not it.exists(rel):
+    if not it.exists(TRAIN_LOG):
         s.missing = "no training yet (run `spa train`)"
         return s
-    history = [r for r in it.read_json(rel) if "loss" in r]
+    history = [r for r in it.read_json(TRAIN_LOG) if "loss" in r]
     if not history:
         s.missing = "training logged no step"
         return s
@@ -244,7 +246,7 @@ def _training(it: RunDir, plot: Callable[..., str]) -> Section:
 
 def _scores(it: RunDir, primary: str, plot: Callable[..., str]) -> Section:
     s = Section(SECTIONS[5])
-    ev = _table(it, "evaluate/responses.parquet")
+    ev = _table(it, EVAL_RESPONSES)
     if ev is None:
         s.missing = "no evaluation yet (run `spa evaluate`)"
         return s
@@ -347,7 +349,7 @@ def write_report(root: RunDir, name: str, spec: dict[str, Any], iterations: int,
             return file
 
         stats = collect(root, i)  # prompts, samples and every filter's counts
-        ev = _stats(it, "evaluate")
+        ev = finished_stats(it, "evaluate")
         sections = [_headline(ev, spec), _funnel(stats, plot), _dets(it, rho, plot),
                     _pairs(it, plot), _training(it, plot), _scores(it, primary, plot),
                     _eval_table(ev, primary)]
@@ -371,7 +373,7 @@ def write_report(root: RunDir, name: str, spec: dict[str, Any], iterations: int,
                 html_parts.append(f'<img alt="{html.escape(s.title)}" '
                                   f'src="data:image/png;base64,{data}">')
                 md_parts.append(f"![{s.title}]({s.image})")
-    html_path, md_path = out / "report.html", out / "report.md"
+    html_path, md_path = out / REPORT_HTML, out / REPORT_MD
     html_path.write_text("<!doctype html><html><head><meta charset='utf-8'>"
                          f"<title>SPA report — {html.escape(name)}</title>"
                          f"<style>{_CSS}</style></head><body>"

@@ -17,6 +17,7 @@ import numpy as np
 
 from spa_core.backends.openai_backend import OpenAIBackend
 from spa_core.evaluation.metrics import rv_coefficient
+from spa_core.layout import PAIR_RESPONSES, PROMPTS
 from spa_core.stages.context import StageContext
 from spa_core.stages.generate import judge
 
@@ -62,8 +63,8 @@ def suggest_rho(points: list[RhoPoint], tolerance: float = 0.1) -> float | None:
 def tune_rho(ctx: StageContext, url: str, model: str, *, api_key: str | None = None,
              max_samples: int | None = None, steps: int = 10) -> dict[str, Any]:
     """Judge the iteration's scored samples with `model` at `url`; the RV curve by det."""
-    responses = ctx.dir.read_table("pairs/responses.parquet")
-    prompts = ctx.dir.read_table("prompts/prompts.parquet")
+    responses = ctx.dir.read_table(PAIR_RESPONSES)
+    prompts = ctx.dir.read_table(PROMPTS)
     text_of = dict(zip(prompts.column("prompt_id").to_pylist(),
                        prompts.column("prompt").to_pylist(), strict=True))
     cols = {c: responses.column(c).to_pylist() for c in

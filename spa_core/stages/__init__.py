@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from spa_core.stages.context import StageContext, iteration_dir
+from spa_core.stages.context import StageContext
 
-__all__ = ["STAGES", "StageContext", "iteration_dir", "stage_function"]
+__all__ = ["STAGES", "StageContext", "stage_function"]
 
 #: Stage names in pipeline order (the `spa` subcommand of each).
 STAGES = ("prompts", "sample", "score", "refine", "pairs", "train", "evaluate")

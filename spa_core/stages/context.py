@@ -17,20 +17,14 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from spa_core.layout import CHECKPOINT, iteration_dir
 from spa_core.rundir import RunDir
 from spa_core.spec import SPAAlignmentRun
 
 if TYPE_CHECKING:
     from spa_core.backends import Backend
 
-__all__ = ["StageContext", "iteration_dir"]
-
-#: Where a finished training stage leaves the model (relative to the iteration directory).
-CHECKPOINT = "train/checkpoint-final"
-
-
-def iteration_dir(iteration: int) -> str:
-    return f"iter-{iteration:02d}"
+__all__ = ["StageContext"]
 
 
 def remote_model_dir(name: str) -> str | None:

@@ -29,6 +29,7 @@ from spa_core.evaluation.metrics import (
     win_rates,
 )
 from spa_core.evaluation.pairwise import pairwise_json_schema, pairwise_messages, parse_verdict
+from spa_core.layout import EVAL_RESPONSES, HELDOUT
 from spa_core.prompts import sample_messages
 from spa_core.stages.context import StageContext
 from spa_core.stages.generate import judge, upstream_hash
@@ -56,7 +57,7 @@ def run_evaluate(ctx: StageContext) -> dict:
     if manifest.complete:
         return manifest.stats
     stats: dict[str, object] = {}
-    held = ctx.dir.read_table("prompts/heldout.parquet")
+    held = ctx.dir.read_table(HELDOUT)
     prompts = held.column("prompt").to_pylist()
     if not prompts:
         raise BadPromptRows("no held-out prompts to evaluate: raise evaluation.count or add prompts")
@@ -92,7 +93,7 @@ def run_evaluate(ctx: StageContext) -> dict:
     verdicts, stats["pairwise"] = _pairwise(ctx, prompts, columns, judge_backend)
     columns |= verdicts
     stats = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in stats.items()}
-    ctx.dir.write_table(f"{STAGE}/responses.parquet", pa.table(columns))
+    ctx.dir.write_table(EVAL_RESPONSES, pa.table(columns))
     manifest.finish(ctx.dir, **stats)
     return stats
 

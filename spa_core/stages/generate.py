@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spa_core.backends import Backend, ChatRequest
+from spa_core.layout import PROMPTS, shard_glob, shard_name, shard_path
 from spa_core.prompts import (
     dimension_names,
     judge_messages,
@@ -33,9 +34,9 @@ RETRY_TEMPERATURE = 0.7
 
 
 def _shards(ctx: StageContext) -> list[tuple[str, pa.Table]]:
-    prompts = ctx.dir.read_table("prompts/prompts.parquet")
+    prompts = ctx.dir.read_table(PROMPTS)
     size = ctx.spec.storage.shard_size
-    return [(f"shard-{k:05d}", prompts.slice(start, size))
+    return [(shard_name(k), prompts.slice(start, size))
             for k, start in enumerate(range(0, prompts.num_rows, size))]
 
 
@@ -104,7 +105,7 @@ def run_sample(ctx: StageContext) -> dict:
                     "finish_reason": pa.array([r.finish_reason for r in results], pa.string()),
                     "error": pa.array([r.error for r in results], pa.string()),
                 })
-                ctx.dir.write_table(f"samples/{name}.parquet", out)
+                ctx.dir.write_table(shard_path("samples", name), out)
                 manifest.mark_shard(ctx.dir, name, rows=out.num_rows,
                                     failed=sum(r.text is None for r in results))
         shards = manifest.shards.values()
@@ -176,13 +177,13 @@ def run_score(ctx: StageContext) -> dict:
         sample_rows = StageManifest.load(ctx.dir, "samples").shards
         with ctx.progress("score", sum(sample_rows[name]["rows"] for name in todo)) as advance:
             for name in todo:
-                samples = ctx.dir.read_table(f"samples/{name}.parquet")
+                samples = ctx.dir.read_table(shard_path("samples", name))
                 ids = samples.column("prompt_id").to_numpy()
                 a, b, status, raw = judge(ctx, [prompts[int(p)] for p in ids],
                                           samples.column("response").to_pylist(), advance)
                 out = _scored_table(samples.column("prompt_id"), samples.column("response_id"),
                                     False, a, b, status, raw)
-                ctx.dir.write_table(f"scores/{name}.parquet", out)
+                ctx.dir.write_table(shard_path("scores", name), out)
                 manifest.mark_shard(ctx.dir, name, rows=out.num_rows, **Counter(status))
         manifest.finish(ctx.dir, **_status_totals(manifest))
     return manifest.stats
@@ -199,8 +200,8 @@ def run_refine(ctx: StageContext) -> dict:
         todo = _unfinished(ctx, "scores", manifest)
         with ctx.progress("refine", len(todo)) as advance:
             for name in todo:
-                samples = ctx.dir.read_table(f"samples/{name}.parquet")
-                scores = ctx.dir.read_table(f"scores/{name}.parquet")
+                samples = ctx.dir.read_table(shard_path("samples", name))
+                scores = ctx.dir.read_table(shard_path("scores", name))
                 groups = _groups(samples, scores)
                 ids = sorted(groups)
                 requests = [
@@ -218,7 +219,7 @@ def run_refine(ctx: StageContext) -> dict:
                     pa.array(ids, pa.int64()),
                     pa.array(np.full(len(ids), s.num_samples), pa.int64()),
                     True, a, b, status, raw, response=texts)
-                ctx.dir.write_table(f"refined/{name}.parquet", out)
+                ctx.dir.write_table(shard_path("refined", name), out)
                 manifest.mark_shard(ctx.dir, name, rows=out.num_rows, **Counter(status))
                 advance(1)
         manifest.finish(ctx.dir, **_status_totals(manifest))
@@ -247,12 +248,12 @@ def _scored_table(prompt_id: pa.Array, response_id: pa.Array, is_refined: bool,
 def _unfinished(ctx: StageContext, upstream: str, manifest: StageManifest) -> list[str]:
     """Shards of the upstream stage that this stage has not finished yet."""
     names = [rel.split("/")[-1].removesuffix(".parquet")
-             for rel in ctx.dir.glob(f"{upstream}/shard-*.parquet")]
+             for rel in ctx.dir.glob(shard_glob(upstream))]
     return [name for name in names if not manifest.is_done(name)]
 
 
 def _prompt_lookup(ctx: StageContext) -> dict[int, str]:
-    t = ctx.dir.read_table("prompts/prompts.parquet")
+    t = ctx.dir.read_table(PROMPTS)
     return dict(zip(t.column("prompt_id").to_pylist(), t.column("prompt").to_pylist(), strict=True))
 
 

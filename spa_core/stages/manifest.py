@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from spa_core.layout import MANIFEST
 from spa_core.rundir import RunDir
 
 __all__ = ["ConfigMismatch", "StageManifest", "config_hash"]
-
-MANIFEST = "_manifest.json"
 
 
 class ConfigMismatch(RuntimeError):

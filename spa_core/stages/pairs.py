@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from spa_core.layout import PAIR_RESPONSES, PAIRS, PROMPTS, shard_glob
 from spa_core.pairs import select_pairs
 from spa_core.stages.context import StageContext
 from spa_core.stages.generate import upstream_hash
@@ -52,7 +53,7 @@ def _shard_files(ctx: StageContext) -> dict[str, tuple[str, ...]]:
     """Each shard's scored files (scores/ before refined/), by shard name, in name order:
     from one listing per directory, not a lookup per file (each one a request on a store)."""
     files: dict[str, list[str]] = {}
-    for rel in ctx.dir.glob("scores/shard-*.parquet") + ctx.dir.glob("refined/shard-*.parquet"):
+    for rel in ctx.dir.glob(shard_glob("scores")) + ctx.dir.glob(shard_glob("refined")):
         files.setdefault(rel.rsplit("/", 1)[-1], []).append(rel)
     return {name: tuple(files[name]) for name in sorted(files)}
 
@@ -152,15 +153,15 @@ def run_pairs(ctx: StageContext) -> dict:
     kept = np.asarray(selection.kept_prompt_ids, np.int64)  # ascending
 
     first = _shard_responses(ctx, shards[0])
-    with ctx.dir.parquet_file("prompts/prompts.parquet") as prompts_file:
+    with ctx.dir.parquet_file(PROMPTS) as prompts_file:
         prompts = _Prompts(prompts_file.iter_batches(batch_size=ctx.spec.storage.shard_size))
         # The files' schemas, from empty tables shaped as every shard's will be.
         empty = first.slice(0, 0)
         pair_schema = _pairs_with_texts(pairs.slice(0, 0), prompts_file.schema_arrow
                                         .empty_table(), empty).schema
         response_schema = empty.schema.append(pa.field("group_kept", pa.bool_()))
-        with ctx.dir.table_writer(f"{STAGE}/responses.parquet", response_schema) as out_responses, \
-                ctx.dir.table_writer(f"{STAGE}/pairs.parquet", pair_schema) as out_pairs:
+        with ctx.dir.table_writer(PAIR_RESPONSES, response_schema) as out_responses, \
+                ctx.dir.table_writer(PAIRS, pair_schema) as out_pairs:
             for shard in shards:
                 responses, first = (first if first is not None
                                     else _shard_responses(ctx, shard)), None

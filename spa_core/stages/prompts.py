@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from spa_core.layout import HELDOUT, PROMPTS
 from spa_core.spec import PromptsSpec
 from spa_core.stages.context import StageContext
 from spa_core.stages.manifest import StageManifest, config_hash
@@ -210,8 +211,8 @@ def run_prompts(ctx: StageContext) -> dict:
         held_table = _table(held_rows, np.arange(min(spec.evaluation.count, len(held_rows.rows))))
     else:
         held_table = _table(rows, held_idx)
-    ctx.dir.write_table(f"{STAGE}/heldout.parquet", held_table)
-    ctx.dir.write_table(f"{STAGE}/prompts.parquet", _table(rows, np.sort(train_idx)))
+    ctx.dir.write_table(HELDOUT, held_table)
+    ctx.dir.write_table(PROMPTS, _table(rows, np.sort(train_idx)))
     stats = {
         "source_rows": len(rows.rows) + duplicates + len(rows.bad),
         "bad_rows": len(rows.bad),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from spa_core.layout import PAIRS, TRAIN_LOG
 from spa_core.stages.context import StageContext
 from spa_core.stages.generate import upstream_hash
 from spa_core.stages.manifest import StageManifest, config_hash
@@ -57,7 +58,7 @@ def run_train(ctx: StageContext) -> dict:
         "resumed_from_step": result.resumed_from_step,
         **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
     }
-    ctx.dir.write_json(f"{STAGE}/log_history.json", result.log_history)
+    ctx.dir.write_json(TRAIN_LOG, result.log_history)
     manifest.finish(ctx.dir, **stats)
     return stats
 
@@ -67,7 +68,7 @@ def _train(ctx: StageContext, train, model_path: str, gguf_file: str | None, out
     # The generation backends hold a copy of the policy; free it before training.
     ctx.close()
     return train(
-        ctx.dir.url("pairs/pairs.parquet"),
+        ctx.dir.url(PAIRS),
         model_path=model_path,
         gguf_file=gguf_file,
         output_dir=str(output),

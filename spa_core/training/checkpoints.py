@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from spa_core.layout import FINAL_CHECKPOINT
 from spa_core.rundir import RunDir
 
 __all__ = [
@@ -34,8 +35,6 @@ __all__ = [
     "scratch_dir",
 ]
 
-#: The published checkpoint inside the output directory.
-FINAL_CHECKPOINT = "checkpoint-final"
 #: Written inside `checkpoint-final`, last: what `train` returned, so a rerun can return it again.
 RESULT_FILE = "spa_train_result.json"
 #: The last file the Trainer writes into a `checkpoint-N`: its presence marks it complete.

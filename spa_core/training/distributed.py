@@ -6,7 +6,8 @@ The operator puts one file in the training pods, named by `SPA_DISTRIBUTED_CONFI
 `checkpoint-final`, plain safetensors vLLM can serve) or `deepspeed.json` (ZeRO-3, batch
 sizes `auto` from the Trainer). Under torchrun with more than one process, the trainer
 passes it to its TrainingArguments. `accelerate_config` is the same FSDP setup as an
-`accelerate launch --config_file` YAML (examples/accelerate-fsdp.yaml). Light: no torch import.
+`accelerate launch --config_file` YAML (examples/accelerate-fsdp.yaml). The variable and the
+file names are the run layout's (`spa_core.layout`); their content is here. Light: no torch import.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import os
 from pathlib import PurePosixPath
 from typing import Any, Literal
 
+from spa_core.layout import DISTRIBUTED_CONFIG_ENV, DISTRIBUTED_CONFIG_FILES
+
 __all__ = [
-    "DISTRIBUTED_CONFIG_ENV",
-    "FILES",
     "accelerate_config",
     "config_file",
     "deepspeed_config",
@@ -25,9 +26,7 @@ __all__ = [
     "training_arguments",
 ]
 
-DISTRIBUTED_CONFIG_ENV = "SPA_DISTRIBUTED_CONFIG"
 Strategy = Literal["fsdp", "deepspeed"]
-FILES: dict[str, str] = {"fsdp": "fsdp.json", "deepspeed": "deepspeed.json"}
 
 
 def fsdp_config() -> dict[str, Any]:
@@ -89,7 +88,8 @@ def deepspeed_config() -> dict[str, Any]:
 
 def config_file(strategy: Strategy) -> tuple[str, dict[str, Any]]:
     """(file name, content) of a strategy's configuration."""
-    return FILES[strategy], fsdp_config() if strategy == "fsdp" else deepspeed_config()
+    content = fsdp_config() if strategy == "fsdp" else deepspeed_config()
+    return DISTRIBUTED_CONFIG_FILES[strategy], content
 
 
 def training_arguments(environ: dict[str, str] | None = None) -> dict[str, Any]:
@@ -103,9 +103,10 @@ def training_arguments(environ: dict[str, str] | None = None) -> dict[str, Any]:
     if not path or int(env.get("WORLD_SIZE", "1")) <= 1:
         return {}
     name = PurePosixPath(path).name
-    if name == FILES["fsdp"]:
+    files = DISTRIBUTED_CONFIG_FILES
+    if name == files["fsdp"]:
         return {"fsdp": True, "fsdp_config": path}
-    if name == FILES["deepspeed"]:
+    if name == files["deepspeed"]:
         return {"deepspeed": path}
     raise ValueError(f"${DISTRIBUTED_CONFIG_ENV}={path!r}: expected a file named "
-                     f"{FILES['fsdp']!r} or {FILES['deepspeed']!r}")
+                     f"{files['fsdp']!r} or {files['deepspeed']!r}")

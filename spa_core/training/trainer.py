@@ -34,6 +34,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainerCallba
 from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
 from trl.import_utils import TRLExperimentalWarning
 
+from spa_core.layout import DISTRIBUTED_CONFIG_ENV
 from spa_core.spec import TrainingSpec, TrainingSpeedSpec
 from spa_core.training.checkpoints import (
     FINAL_CHECKPOINT,
@@ -503,7 +504,7 @@ def train(
     if args.get("fsdp") and not getattr(trainer, "is_fsdp_enabled", False):
         # accelerate turns FSDP on for GPUs only: several CPU processes train with DDP.
         log.warning("%s names FSDP, but accelerate did not enable it on %s: training with DDP",
-                    os.environ.get("SPA_DISTRIBUTED_CONFIG"), device)
+                    os.environ.get(DISTRIBUTED_CONFIG_ENV), device)
     # On a store every rank resumes from the store's checkpoint: a node's scratch space
     # holds only its own ranks' part of one.
     resume = mirror.restore(root) if mirror is not None else last_checkpoint(root)

@@ -27,7 +27,7 @@ import pytest
 import yaml
 
 from cluster_env import REPO, Cluster
-from spa_core.stages.manifest import MANIFEST
+from spa_core.layout import MANIFEST
 from waiting import wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.timeout(3600)]

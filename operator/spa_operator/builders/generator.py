@@ -12,8 +12,8 @@ import json
 import posixpath
 from typing import Any
 
+from spa_core.layout import CHECKPOINT, iteration_dir
 from spa_core.spec import EMBEDDED_MODEL, RunSpec
-from spa_core.stages.context import CHECKPOINT, iteration_dir
 from spa_operator import names
 from spa_operator.builders.common import (
     HF_TOKEN_ENV,

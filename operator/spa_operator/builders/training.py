@@ -12,8 +12,9 @@ import json
 import posixpath
 from typing import Any
 
+from spa_core.layout import DISTRIBUTED_CONFIG_ENV, DISTRIBUTED_CONFIG_FILES
 from spa_core.spec import RunSpec
-from spa_core.training.distributed import DISTRIBUTED_CONFIG_ENV, FILES, config_file
+from spa_core.training.distributed import config_file
 from spa_operator import names
 from spa_operator.builders.common import (
     Owner,
@@ -112,7 +113,7 @@ def build_training_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
     st = storage(owner, spec, config)
     spec_vol, spec_mount = spec_volume(owner, config)
     shm, shm_mount = shm_volume(config)
-    dist_file = posixpath.join(config.distributed_mount, FILES[tr.strategy])
+    dist_file = posixpath.join(config.distributed_mount, DISTRIBUTED_CONFIG_FILES[tr.strategy])
     cache_volumes, cache_mounts, cache_env = model_cache(spec, config)
     # On an object store the ranks train into the node's local disk (TMPDIR) and upload each
     # checkpoint: a volume of its own, which a podTemplate can replace (a local NVMe disk, an
