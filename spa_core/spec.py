@@ -206,6 +206,10 @@ class ScoringSpec(_Spec):
     """Judge temperature (paper: 0); a very small judge may need sampling to spread its scores."""
     retries: Annotated[int, Field(ge=0, le=5)] = 1
     """Extra judge attempts for a response whose scores cannot be parsed."""
+    retry_temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.7
+    """Temperature of those extra attempts (at least `temperature`). The paper judges
+    greedily; a greedy retry would mostly repeat the unparsable answer, so retries sample.
+    0 keeps every attempt greedy."""
     structured_output: Literal["auto", "on", "off"] = "auto"
     """Ask the server for JSON-schema constrained output; `auto` uses it where supported."""
     include_instruction: bool = False

@@ -21,6 +21,8 @@ ROWS = [
     ("samples scored (strict JSON)", "scores", "ok"),
     ("samples scored (recovered)", "scores", "loose"),
     ("samples unscored", None, "samples_unscored"),
+    ("refinements failed", "refined", "refine_failed"),
+    ("refinements failed: over the context", "refined", "refine_over_context"),
     ("refined responses scored", None, "refined_scored"),
     ("rows dropped: missing score", "pairs", "dropped_missing"),
     ("groups in", "pairs", "groups_in"),

@@ -162,3 +162,32 @@ def test_a_hub_dataset_configuration_is_read_by_name(tmp_path: Path) -> None:
         == ["second 0?", "second 1?", "second 2?"]
     with pytest.raises(ValueError, match="config names a configuration of a Hugging Face dataset"):
         context(tmp_path, prompts={"builtin": "honesty", "config": "second"})
+
+
+def test_later_stages_read_the_prompts_a_shard_at_a_time(tmp_path: Path) -> None:
+    """`prompt_shards` gives the slices of prompts.parquet the sample stage names its files
+    after, from batches (row groups of 4 rows here, shards of 3: they straddle), and
+    `PromptCursor.texts` the texts of one shard's id range, passing over finished shards."""
+    from spa_core.stages.prompts import PromptCursor, prompt_count, prompt_shards
+
+    texts = [f"Question number {i}?" for i in range(11)]
+    src = write_jsonl(tmp_path / "p.jsonl", [json.dumps({"prompt": t}) for t in texts])
+    ctx = context(tmp_path, prompts={"path": str(src)}, evaluation={"enabled": False},
+                  storage={"shardSize": 3})
+    run_prompts(ctx)
+    whole = ctx.dir.read_table("prompts/prompts.parquet")
+    path = tmp_path / "run" / "iter-00" / "prompts" / "prompts.parquet"
+    pq.write_table(whole, path, row_group_size=4)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3
+    shards = list(prompt_shards(ctx))
+    assert [name for name, _ in shards] == [f"shard-{k:05d}" for k in range(4)]
+    assert [t.num_rows for _, t in shards] == [3, 3, 3, 2]
+    assert pa.concat_tables([t for _, t in shards]).equals(whole)
+    assert prompt_count(ctx) == 11
+    ids = whole.column("prompt_id").to_pylist()
+    with ctx.dir.parquet_file("prompts/prompts.parquet") as file:
+        cursor = PromptCursor(file.iter_batches(batch_size=3))
+        assert cursor.texts(ids[0], ids[2]) == {i: texts[i - 1] for i in ids[0:3]}
+        # The next shard was finished before: the one after it is read, not the skipped one.
+        assert cursor.texts(ids[6], ids[8]) == {i: texts[i - 1] for i in ids[6:9]}
+        assert cursor.texts(ids[9], ids[10]) == {i: texts[i - 1] for i in ids[9:11]}

@@ -37,6 +37,8 @@ def test_defaults_follow_the_paper() -> None:
     assert (s.objectives.primary, s.objectives.secondary) == ("harmlessness", "helpfulness")
     assert s.sampling.num_samples == 3 and s.sampling.temperature == 1.0 and s.sampling.max_tokens == 2048
     assert s.training.loss == "spa" and s.training.beta == 2.0 and s.training.gamma == 1.0
+    # Greedy judging; only a re-try of an unparsable answer samples, and the spec says so.
+    assert s.scoring.temperature == 0.0 and s.scoring.retry_temperature == 0.7
     assert s.variation_probability == 0.0
 
 

@@ -79,8 +79,9 @@ def _fmt(x: Any, digits: int = 2) -> str:
     return str(x)
 
 
-def _table(it: RunDir, rel: str) -> Any | None:
-    return it.read_table(rel) if it.exists(rel) else None
+def _table(it: RunDir, rel: str, columns: list[str] | None = None) -> Any | None:
+    """The table at `rel` (only `columns`: the report reads what it plots), or None."""
+    return it.read_table(rel, columns) if it.exists(rel) else None
 
 
 def _dimensions(stats: dict[str, Any]) -> tuple[str, str]:
@@ -137,6 +138,11 @@ def _funnel(stats: dict[str, Any], plot: Callable[..., str]) -> Section:
     s.text = (f"{stats.get('samples', '?')} responses sampled, "
               f"{stats.get('dropped_missing', 0)} dropped for a missing score; "
               f"{stats.get('pairs', 0)} preference pairs from the {kept} kept groups.")
+    failed = int(stats.get("refine_failed", 0)) + int(stats.get("refine_over_context", 0))
+    if failed:
+        s.text += (f" {failed} refinement requests failed ({stats.get('refine_over_context', 0)}"
+                   " did not fit the model's context): those groups have no refined answer "
+                   "and count as malformed.")
 
     def draw(fig: Figure) -> None:
         ax = fig.add_subplot()
@@ -169,7 +175,7 @@ def _group_dets(responses: Any) -> np.ndarray:
 
 def _dets(it: RunDir, rho: float, plot: Callable[..., str]) -> Section:
     s = Section(SECTIONS[2])
-    responses = _table(it, PAIR_RESPONSES)
+    responses = _table(it, PAIR_RESPONSES, ["prompt_id", "is_refined", "score_a", "score_b"])
     if responses is None:
         s.missing = "no scored groups yet (run `spa pairs`)"
         return s
@@ -194,7 +200,7 @@ def _dets(it: RunDir, rho: float, plot: Callable[..., str]) -> Section:
 
 def _pairs(it: RunDir, plot: Callable[..., str]) -> Section:
     s = Section(SECTIONS[3])
-    pairs = _table(it, PAIRS)
+    pairs = _table(it, PAIRS, ["gap", "weight"])
     if pairs is None or pairs.num_rows == 0:
         s.missing = "no pairs" if pairs is not None else "no pairs yet (run `spa pairs`)"
         return s

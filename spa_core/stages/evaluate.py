@@ -33,8 +33,8 @@ from spa_core.layout import EVAL_RESPONSES, HELDOUT
 from spa_core.prompts import sample_messages
 from spa_core.stages.context import StageContext
 from spa_core.stages.generate import judge, upstream_hash
-from spa_core.stages.prompts import BadPromptRows
 from spa_core.stages.manifest import StageManifest, config_hash
+from spa_core.stages.prompts import BadPromptRows
 
 __all__ = ["JUDGE_API_KEY_ENV", "run_evaluate"]
 

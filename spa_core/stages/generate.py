@@ -7,6 +7,8 @@ the first unfinished shard.
 
 from __future__ import annotations
 
+import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 
@@ -15,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spa_core.backends import Backend, ChatRequest
-from spa_core.layout import PROMPTS, shard_glob, shard_name, shard_path
+from spa_core.layout import PROMPTS, shard_glob, shard_path
 from spa_core.prompts import (
     dimension_names,
     judge_messages,
@@ -26,19 +28,11 @@ from spa_core.prompts import (
 from spa_core.scoring import parse_scores
 from spa_core.stages.context import StageContext
 from spa_core.stages.manifest import StageManifest, config_hash
+from spa_core.stages.prompts import PromptCursor, prompt_count, prompt_shards
 
-__all__ = ["judge", "run_refine", "run_sample", "run_score", "upstream_hash"]
+__all__ = ["judge", "over_context", "run_refine", "run_sample", "run_score", "upstream_hash"]
 
-#: Temperature of a judge re-try for an unparseable answer (a greedy retry would repeat it).
-RETRY_TEMPERATURE = 0.7
-
-
-def _shards(ctx: StageContext) -> list[tuple[str, pa.Table]]:
-    prompts = ctx.dir.read_table(PROMPTS)
-    size = ctx.spec.storage.shard_size
-    return [(shard_name(k), prompts.slice(start, size))
-            for k, start in enumerate(range(0, prompts.num_rows, size))]
-
+log = logging.getLogger(__name__)
 
 #: The command that produces each stage directory.
 COMMAND = {"prompts": "prompts", "samples": "sample", "scores": "score", "refined": "refine",
@@ -80,10 +74,12 @@ def run_sample(ctx: StageContext) -> dict:
                         ctx.spec.storage.shard_size, upstream_hash(ctx, "prompts"))
     manifest = StageManifest.open(ctx.dir, "samples", chash, force=ctx.force)
     if not manifest.complete:
-        shards = _shards(ctx)
-        todo = [(name, t) for name, t in shards if not manifest.is_done(name)]
-        with ctx.progress("sample", sum(t.num_rows * s.num_samples for _, t in todo)) as advance:
-            for name, table in todo:
+        done = sum(shard["rows"] for shard in manifest.shards.values())
+        total = prompt_count(ctx) * s.num_samples - done
+        with ctx.progress("sample", total) as advance:
+            for name, table in prompt_shards(ctx):  # one shard's prompts in memory at a time
+                if manifest.is_done(name):
+                    continue
                 ids = table.column("prompt_id").to_numpy()
                 texts = table.column("prompt").to_pylist()
                 systems, varied = _system_prompts(ctx, ids)
@@ -148,7 +144,7 @@ def judge(ctx: StageContext, instructions: Sequence[str], responses: Sequence[st
                     responses[i], obj.primary, obj.constitution, obj.secondary,
                     instruction=instructions[i] if sc.include_instruction else None),
                 temperature=first_temperature if attempt == 0 else max(first_temperature,
-                                                                       RETRY_TEMPERATURE),
+                                                                       sc.retry_temperature),
                 max_tokens=sc.max_tokens, json_schema=schema,
                 seed=attempt * 7919 + i,
             )
@@ -172,13 +168,15 @@ def run_score(ctx: StageContext) -> dict:
                         upstream_hash(ctx, "samples"))
     manifest = StageManifest.open(ctx.dir, "scores", chash, force=ctx.force)
     if not manifest.complete:
-        prompts = _prompt_lookup(ctx)
         todo = _unfinished(ctx, "samples", manifest)
         sample_rows = StageManifest.load(ctx.dir, "samples").shards
-        with ctx.progress("score", sum(sample_rows[name]["rows"] for name in todo)) as advance:
+        with ctx.progress("score", sum(sample_rows[name]["rows"] for name in todo)) as advance, \
+                ctx.dir.parquet_file(PROMPTS) as prompts_file:
+            cursor = PromptCursor(prompts_file.iter_batches(batch_size=ctx.spec.storage.shard_size))
             for name in todo:
                 samples = ctx.dir.read_table(shard_path("samples", name))
                 ids = samples.column("prompt_id").to_numpy()
+                prompts = cursor.texts(int(ids.min()), int(ids.max())) if ids.size else {}
                 a, b, status, raw = judge(ctx, [prompts[int(p)] for p in ids],
                                           samples.column("response").to_pylist(), advance)
                 out = _scored_table(samples.column("prompt_id"), samples.column("response_id"),
@@ -196,14 +194,19 @@ def run_refine(ctx: StageContext) -> dict:
                         upstream_hash(ctx, "scores"))
     manifest = StageManifest.open(ctx.dir, "refined", chash, force=ctx.force)
     if not manifest.complete:
-        prompts = _prompt_lookup(ctx)
+        if (budget := _refine_budget_warning(ctx)) is not None:
+            log.warning("refine: %s", budget)
+            ctx.console.print(f"[yellow]warning:[/] {budget}")
         todo = _unfinished(ctx, "scores", manifest)
-        with ctx.progress("refine", len(todo)) as advance:
+        with ctx.progress("refine", len(todo)) as advance, \
+                ctx.dir.parquet_file(PROMPTS) as prompts_file:
+            cursor = PromptCursor(prompts_file.iter_batches(batch_size=ctx.spec.storage.shard_size))
             for name in todo:
                 samples = ctx.dir.read_table(shard_path("samples", name))
                 scores = ctx.dir.read_table(shard_path("scores", name))
                 groups = _groups(samples, scores)
                 ids = sorted(groups)
+                prompts = cursor.texts(ids[0], ids[-1]) if ids else {}
                 requests = [
                     ChatRequest(
                         messages=refine_messages(prompts[pid], groups[pid], obj.primary,
@@ -214,16 +217,65 @@ def run_refine(ctx: StageContext) -> dict:
                 ]
                 results = ctx.backend().generate(requests)
                 texts = [r.text.strip() if r.text else None for r in results]
+                failed = [r.error or "empty answer" for r in results if not r.text]
+                over = sum(map(over_context, failed))
                 a, b, status, raw = judge(ctx, [prompts[p] for p in ids], texts)
                 out = _scored_table(
                     pa.array(ids, pa.int64()),
                     pa.array(np.full(len(ids), s.num_samples), pa.int64()),
                     True, a, b, status, raw, response=texts)
                 ctx.dir.write_table(shard_path("refined", name), out)
-                manifest.mark_shard(ctx.dir, name, rows=out.num_rows, **Counter(status))
+                manifest.mark_shard(ctx.dir, name, rows=out.num_rows, **Counter(status),
+                                    refine_failed=len(failed) - over, refine_over_context=over)
+                if failed:
+                    log.warning("refine: %d of %d requests of %s failed, e.g. %s", len(failed),
+                                len(ids), name, failed[0])
                 advance(1)
         manifest.finish(ctx.dir, **_status_totals(manifest))
+    _warn_about_failed_refinements(ctx, manifest.stats)
     return manifest.stats
+
+
+#: Refinements that failed, as a share of the prompts, above which the stage warns.
+REFINE_FAILURE_WARNING = 0.02
+#: What servers say when a prompt and its answer do not fit the model's context (vLLM,
+#: llama.cpp's servers, `TransformersBackend`).
+_OVER_CONTEXT = re.compile(r"context (length|window)|exceeds? the model's context|too many tokens",
+                           re.IGNORECASE)
+
+
+def over_context(error: str) -> bool:
+    """Whether a failed request's error says the request did not fit the context."""
+    return bool(_OVER_CONTEXT.search(error))
+
+
+def _refine_budget_warning(ctx: StageContext) -> str | None:
+    """Why refinement prompts may not fit `generator.maxModelLen`, before any is sent."""
+    limit, s = ctx.spec.generator.max_model_len, ctx.spec.sampling
+    if limit is None:
+        return None
+    # The refinement prompt quotes every sample (each up to maxTokens) and asks for an answer
+    # of up to maxTokens more; the instruction, scores and template come on top.
+    worst = (s.num_samples + 1) * s.max_tokens
+    if worst <= limit:
+        return None
+    return (f"refinement prompts quote {s.num_samples} samples of up to {s.max_tokens} tokens "
+            f"and ask for {s.max_tokens} more: up to {worst} tokens before the instruction, "
+            f"over generator.maxModelLen ({limit}); a group whose samples are long fails its "
+            "refinement (counted as refine_over_context): raise maxModelLen or lower "
+            "sampling.maxTokens")
+
+
+def _warn_about_failed_refinements(ctx: StageContext, stats: dict) -> None:
+    failed = stats.get("refine_failed", 0) + stats.get("refine_over_context", 0)
+    prompts = stats.get("rows", 0)
+    if prompts and failed / prompts > REFINE_FAILURE_WARNING:
+        message = (f"{failed} of {prompts} refinements failed ({failed / prompts:.1%}; "
+                   f"{stats.get('refine_over_context', 0)} did not fit the context): their "
+                   "groups have no refined answer and are dropped as malformed, which drops "
+                   "long answers more often")
+        log.warning("refine: %s", message)
+        ctx.console.print(f"[yellow]warning:[/] {message}")
 
 
 def _scored_table(prompt_id: pa.Array, response_id: pa.Array, is_refined: bool,
@@ -250,11 +302,6 @@ def _unfinished(ctx: StageContext, upstream: str, manifest: StageManifest) -> li
     names = [rel.split("/")[-1].removesuffix(".parquet")
              for rel in ctx.dir.glob(shard_glob(upstream))]
     return [name for name in names if not manifest.is_done(name)]
-
-
-def _prompt_lookup(ctx: StageContext) -> dict[int, str]:
-    t = ctx.dir.read_table(PROMPTS)
-    return dict(zip(t.column("prompt_id").to_pylist(), t.column("prompt").to_pylist(), strict=True))
 
 
 def _groups(samples: pa.Table, scores: pa.Table) -> dict[int, list[tuple[str, float | None, float | None]]]:

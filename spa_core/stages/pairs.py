@@ -15,7 +15,6 @@ order and the files come out sorted as a whole.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +26,7 @@ from spa_core.pairs import select_pairs
 from spa_core.stages.context import StageContext
 from spa_core.stages.generate import upstream_hash
 from spa_core.stages.manifest import StageManifest, config_hash
+from spa_core.stages.prompts import PromptCursor
 
 __all__ = ["run_pairs"]
 
@@ -95,30 +95,6 @@ def _shard_responses(ctx: StageContext, shard: _Shard) -> pa.Table:
     return pa.concat_tables(parts).sort_by(_SORT_RESPONSES)
 
 
-class _Prompts:
-    """prompts/prompts.parquet read forward once, a range of prompt ids at a time."""
-
-    def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:
-        self._batches = batches
-        self._held = pa.table({"prompt_id": pa.array([], pa.int64()),
-                               "prompt": pa.array([], pa.string())})
-
-    def upto(self, last: int) -> pa.Table:
-        """The prompts with ids up to `last` not handed out before."""
-        parts = [self._held]
-        while (parts[-1].num_rows == 0 or pc.max(parts[-1].column("prompt_id")).as_py() <= last):
-            batch = next(self._batches, None)
-            if batch is None:
-                break
-            parts.append(pa.Table.from_batches([batch]))
-        table = pa.concat_tables(parts)
-        ids = table.column("prompt_id").to_numpy()
-        # prompts.parquet is sorted by prompt id (the shards' order is checked against it).
-        cut = int(np.searchsorted(ids, last, side="right"))
-        self._held = table.slice(cut)
-        return table.slice(0, cut)
-
-
 def _pairs_with_texts(pairs: pa.Table, prompts: pa.Table, responses: pa.Table) -> pa.Table:
     """`pairs` with the prompt's and both responses' texts and scores."""
     texts = responses.select(["prompt_id", "response_id", "response", "score_a", "score_b"])
@@ -154,7 +130,7 @@ def run_pairs(ctx: StageContext) -> dict:
 
     first = _shard_responses(ctx, shards[0])
     with ctx.dir.parquet_file(PROMPTS) as prompts_file:
-        prompts = _Prompts(prompts_file.iter_batches(batch_size=ctx.spec.storage.shard_size))
+        prompts = PromptCursor(prompts_file.iter_batches(batch_size=ctx.spec.storage.shard_size))
         # The files' schemas, from empty tables shaped as every shard's will be.
         empty = first.slice(0, 0)
         pair_schema = _pairs_with_texts(pairs.slice(0, 0), prompts_file.schema_arrow

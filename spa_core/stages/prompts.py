@@ -15,18 +15,20 @@ import csv
 import io
 import json
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from spa_core.layout import HELDOUT, PROMPTS
+from spa_core.layout import HELDOUT, PROMPTS, shard_name
 from spa_core.spec import PromptsSpec
 from spa_core.stages.context import StageContext
 from spa_core.stages.manifest import StageManifest, config_hash
 
-__all__ = ["BadPromptRows", "PromptRows", "deduplicate", "normalise", "read_prompts",
-           "run_prompts"]
+__all__ = ["BadPromptRows", "PromptCursor", "PromptRows", "deduplicate", "normalise",
+           "prompt_shards", "read_prompts", "run_prompts"]
 
 STAGE = "prompts"
 MAX_PROMPT_CHARS = 100_000
@@ -231,3 +233,60 @@ def _table(rows: PromptRows, idx: np.ndarray) -> pa.Table:
         "prompt_id": pa.array([rows.rows[i] for i in idx], pa.int64()),
         "prompt": pa.array([rows.prompts[i] for i in idx], pa.string()),
     })
+
+
+# --- reading prompts.parquet a shard at a time (the later stages) -----------------------------
+
+
+def prompt_shards(ctx: StageContext) -> Iterator[tuple[str, pa.Table]]:
+    """This iteration's prompts cut into shards of `storage.shardSize` rows, named as the
+    sample stage names its files, read one shard at a time (never the whole file)."""
+    size = ctx.spec.storage.shard_size
+    with ctx.dir.parquet_file(PROMPTS) as file:
+        held = file.schema_arrow.empty_table()
+        index = 0
+        for batch in file.iter_batches(batch_size=size):
+            held = pa.concat_tables([held, pa.Table.from_batches([batch])])
+            while held.num_rows >= size:
+                yield shard_name(index), held.slice(0, size).combine_chunks()
+                held, index = held.slice(size), index + 1
+        if held.num_rows:
+            yield shard_name(index), held.combine_chunks()
+
+
+def prompt_count(ctx: StageContext) -> int:
+    """How many prompts this iteration has (from the file's footer)."""
+    with ctx.dir.parquet_file(PROMPTS) as file:
+        return file.metadata.num_rows
+
+
+class PromptCursor:
+    """prompts/prompts.parquet read forward once, a range of prompt ids at a time (the file
+    is sorted by prompt id, and shards are its slices, so shard order is prompt order)."""
+
+    def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:
+        self._batches = batches
+        self._held = pa.table({"prompt_id": pa.array([], pa.int64()),
+                               "prompt": pa.array([], pa.string())})
+
+    def upto(self, last: int) -> pa.Table:
+        """The prompts with ids up to `last` not handed out before."""
+        parts = [self._held]
+        while (parts[-1].num_rows == 0 or pc.max(parts[-1].column("prompt_id")).as_py() <= last):
+            batch = next(self._batches, None)
+            if batch is None:
+                break
+            parts.append(pa.Table.from_batches([batch]))
+        table = pa.concat_tables(parts)
+        ids = table.column("prompt_id").to_numpy()
+        cut = int(np.searchsorted(ids, last, side="right"))
+        self._held = table.slice(cut)
+        return table.slice(0, cut)
+
+    def texts(self, first: int, last: int) -> dict[int, str]:
+        """The texts of the prompts with ids in [first, last], by id (the ones before `first`
+        are passed over: a shard finished before)."""
+        self.upto(first - 1)
+        table = self.upto(last)
+        return dict(zip(table.column("prompt_id").to_pylist(), table.column("prompt").to_pylist(),
+                        strict=True))
