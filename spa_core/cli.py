@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from rich.console import Console
 
 from spa_core.layout import REPORT_DIR, REPORT_HTML, SPEC_FILE, TUNE_RHO
@@ -276,6 +277,37 @@ def export_model_command(
     except (*_user_errors(), ValueError) as exc:
         _fail(exc)
     console.print(f"exported {model} to {written}", highlight=False)
+
+
+@app.command()
+def sweep(
+    spec: SpecArg,
+    grid: Annotated[list[str], typer.Option(
+        "--grid", help="FIELD=VALUE,VALUE,...: a field path under spec (as the YAML spells it, "
+        "e.g. training.learningRate) and its values; repeat for a grid.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the run files.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace existing files.")] = False,
+) -> None:
+    """Write one run file per combination of the grid (`<run>-<k>.yaml`), each validated."""
+    from rich.table import Table
+
+    from spa_core.sweep import expand, parse_axis, write_runs
+
+    try:
+        document = yaml.safe_load(spec.read_text())
+        if not isinstance(document, dict):
+            raise SpecError(f"{spec}: not a run document")
+        runs = expand(document, [parse_axis(g) for g in grid], source=str(spec))
+        paths = write_runs(runs, out, force=force)
+    except (SpecError, OSError, yaml.YAMLError) as exc:
+        _fail(exc)
+    table = Table(title=f"{len(runs)} runs in {out}")
+    table.add_column("file")
+    for name in runs[0].settings:
+        table.add_column(name, justify="right")
+    for run, path in zip(runs, paths, strict=True):
+        table.add_row(path.name, *(str(v) for v in run.settings.values()))
+    console.print(table)
 
 
 @app.command()

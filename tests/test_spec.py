@@ -23,11 +23,33 @@ def doc(**spec: object) -> dict:
     }
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")) + sorted(
+    (EXAMPLES / "paper").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_examples_are_valid(path: Path) -> None:
     data = yaml.safe_load(path.read_text())
     if data.get("kind") == "SPAAlignmentRun":
         assert load_run(path).name == data["metadata"]["name"]
+
+
+def test_the_paper_recipe_is_what_its_readme_says() -> None:
+    paper = EXAMPLES / "paper"
+    runs = {p.name: load_run(p).spec for p in paper.glob("*.yaml")}
+    readme = (paper / "README.md").read_text()
+    assert all(f"`{name}`" in readme for name in runs)  # every file is explained
+    spa = runs["harmlessness-saferlhf.yaml"]
+    assert (spa.prompts.count, spa.evaluation.count, spa.sampling.max_tokens) == (300, 500, 2048)
+    assert (spa.training.beta, spa.training.gamma, spa.training.learning_rate) == (2.5, 1.375, 1e-6)
+    t = spa.training
+    assert t.per_device_batch_size * t.gradient_accumulation_steps * t.gpus_per_node == 128
+    assert (spa.sampling.num_samples + 1) * spa.sampling.max_tokens <= spa.generator.max_model_len
+    assert runs["honesty-honeset.yaml"].prompts.count == 400
+    assert runs["honesty-honeset.yaml"].variation_probability == 0.5
+    assert runs["harmlessness-wildguard.yaml"].evaluation.prompts.config == "wildguardtest"
+    assert {runs[f"ablation-{k}.yaml"].training.loss for k in ("simpo", "dpo", "sft")} == {
+        "simpo", "dpo", "sft"}
+    assert runs["ablation-dpo.yaml"].training.beta == 0.1
+    off = runs["ablation-no-noise-filter.yaml"].denoising
+    assert not off.consistency and not off.informativeness
 
 
 def test_defaults_follow_the_paper() -> None:
