@@ -39,7 +39,7 @@ test: ## Set up, then run every test suite (Rust, Python, operator, the one-node
 	@scripts/phase.sh cluster-env $(MAKE) --no-print-directory cluster-env
 	@scripts/phase.sh lint $(MAKE) --no-print-directory lint
 	@scripts/phase.sh rust-tests bash -c 'cd rust && cargo test --workspace --exclude spa-py --quiet'
-	@scripts/phase.sh python-tests env SPA_REQUIRE_KUBE=1 SPA_REQUIRE_CLUSTER=1 $(RUN) pytest -n $(TEST_WORKERS) --dist loadgroup
+	@scripts/phase.sh python-tests env SPA_REQUIRE_KUBE=1 SPA_REQUIRE_CLUSTER=1 SPA_REQUIRE_BROWSER=1 $(RUN) pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: ## Rust format and clippy; the native module's stub against the module; the Dockerfile
 	cd rust && cargo fmt --all --check && cargo clippy --workspace --all-targets --quiet -- -D warnings

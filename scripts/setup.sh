@@ -3,7 +3,8 @@
 #
 #   scripts/setup.sh run     uv, then what `spa run` needs: the core, training, the embedded
 #                            model's wheel, the report, and the native module (maturin)
-#   scripts/setup.sh test    the same plus the test tools (pytest, kopf, llama.cpp's server, ...)
+#   scripts/setup.sh test    the same plus the test tools (pytest, kopf, llama.cpp's server,
+#                            Chromium for the report's browser test, ...)
 #   scripts/setup.sh tools   print the tools the Makefile's recipes use, as they find them
 #
 # uv is the project's own: a pinned version installed under $SPA_CACHE (from PyPI, with the
@@ -73,6 +74,18 @@ cmd_test() {
         say "the tests need llama.cpp's server: compiling llama-cpp-python (~4 minutes on 2 cores, once)"
     fi
     sync --all-extras
+    need_chromium
+}
+
+need_chromium() {  # the report's browser test drives Debian's Chromium (root: apt-get)
+    command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 && return
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        say "the report's browser test needs Chromium: installing Debian's chromium (apt-get, once)"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+    else
+        say "no chromium on PATH: the report's browser test will fail (install your system's chromium)"
+    fi
 }
 
 cmd_tools() {
@@ -98,5 +111,5 @@ case "${1:-}" in
 run) cmd_run ;;
 test) cmd_test ;;
 tools) cmd_tools ;;
-*) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+*) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -313,7 +313,8 @@ def _html_table(rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
                    for r in rows[1:])
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return (f'<div class="table"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+            "</table></div>")
 
 
 def _md_table(rows: list[list[str]]) -> str:
@@ -322,10 +323,13 @@ def _md_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-_CSS = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}"
+# Phones: the viewport meta (below) lays the page out at the screen's width; a table wider
+# than that scrolls inside its own box, never the page; plots shrink to fit.
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;"
+        "padding:0 1rem;color:#222}.table{overflow-x:auto}"
         "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;"
         "padding:.25rem .6rem;text-align:right}th:first-child,td:first-child{text-align:left}"
-        ".missing{color:#a33}img{max-width:100%}h2{border-bottom:1px solid #ddd}")
+        ".missing{color:#a33}img{max-width:100%;height:auto}h2{border-bottom:1px solid #ddd}")
 
 
 def write_report(root: RunDir, name: str, spec: dict[str, Any], iterations: int,
@@ -381,6 +385,7 @@ def write_report(root: RunDir, name: str, spec: dict[str, Any], iterations: int,
                 md_parts.append(f"![{s.title}]({s.image})")
     html_path, md_path = out / REPORT_HTML, out / REPORT_MD
     html_path.write_text("<!doctype html><html><head><meta charset='utf-8'>"
+                         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
                          f"<title>SPA report — {html.escape(name)}</title>"
                          f"<style>{_CSS}</style></head><body>"
                          + "\n".join(html_parts) + "</body></html>\n")
