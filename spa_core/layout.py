@@ -13,7 +13,7 @@ library only (no pyarrow, fsspec, rich, torch or stage code), for the operator's
     <run>/iter-NN/{samples,scores,refined}/shard-NNNNN.parquet
     <run>/iter-NN/pairs/pairs.parquet, responses.parquet
     <run>/iter-NN/train/checkpoint-final, log_history.json
-    <run>/iter-NN/evaluate/responses.parquet
+    <run>/iter-NN/evaluate/responses.parquet, benchmarks.json
     <run>/iter-NN/tune-rho.json            `spa tune-rho`
 """
 
@@ -28,6 +28,7 @@ __all__ = [
     "CHECKPOINT",
     "DISTRIBUTED_CONFIG_ENV",
     "DISTRIBUTED_CONFIG_FILES",
+    "EVAL_BENCHMARKS",
     "EVAL_RESPONSES",
     "FINAL_CHECKPOINT",
     "HELDOUT",
@@ -85,6 +86,8 @@ CHECKPOINT = f"train/{FINAL_CHECKPOINT}"
 TRAIN_LOG = "train/log_history.json"
 #: The evaluation's responses and judgements, before and after training.
 EVAL_RESPONSES = "evaluate/responses.parquet"
+#: lm-evaluation-harness's results before and after training (`evaluation.benchmarks`).
+EVAL_BENCHMARKS = "evaluate/benchmarks.json"
 #: `spa tune-rho`'s result.
 TUNE_RHO = "tune-rho.json"
 

@@ -403,6 +403,27 @@ class JudgeSpec(_Spec):
     """Retries of failed requests (the SDK's backoff)."""
 
 
+class BenchmarksSpec(_Spec):
+    """Standard benchmarks of the model before and after training (the paper's Table 2 kind),
+    run by EleutherAI's lm-evaluation-harness in-process through transformers (the
+    `benchmarks` extra; the trainer image has it)."""
+
+    tasks: Annotated[list[Annotated[str, Field(min_length=1, max_length=256)]],
+                     Field(min_length=1, max_length=64)]
+    """lm-evaluation-harness task or group names (`mmlu`, `gsm8k`, `ifeval`, ...), or your
+    own from `includePath`."""
+    include_path: Annotated[str | None, Field(min_length=1, max_length=2048)] = None
+    """A directory of your own task YAML files (lm-eval's `--include_path`)."""
+    limit: Annotated[int | None, Field(ge=1, le=10_000_000)] = None
+    """Examples per task; all of them when unset."""
+    num_fewshot: Annotated[int | None, Field(ge=0, le=64)] = None
+    """Few-shot examples; each task's own default when unset."""
+    apply_chat_template: bool = False
+    """Wrap each example in the model's chat template (leaderboards usually do not)."""
+    batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
+    """Examples per forward pass."""
+
+
 class EvaluationSpec(_Spec):
     """Before/after evaluation on held-out prompts."""
 
@@ -417,6 +438,9 @@ class EvaluationSpec(_Spec):
     """Held-out prompts to evaluate."""
     max_tokens: Annotated[int, Field(ge=1, le=32768)] = 256
     """Maximum tokens per evaluated response."""
+    benchmarks: BenchmarksSpec | None = None
+    """Standard benchmarks (lm-evaluation-harness) of the model before and after training,
+    beside the judge's scores in the report; none when unset."""
 
 
 class StorageSpec(_Spec):

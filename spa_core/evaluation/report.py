@@ -302,8 +302,14 @@ def _eval_table(ev: dict[str, Any], primary: str) -> Section:
             rows.append([f"pairwise {label}: win / tie / loss",
                          "–", f"{p['win']:.2f} [{p['win_low']:.2f}, {p['win_high']:.2f}] / "
                          f"{p['tie']:.2f} / {p['loss']:.2f}"])
+    for task, metrics in sorted((ev.get("benchmarks") or {}).items()):
+        for metric, pair in sorted(metrics.items()):
+            rows.append([f"{task} {metric} (lm-eval)", _fmt(pair.get("before"), 3),
+                         _fmt(pair.get("after"), 3)])
     s.table = rows
     s.text = "Means with 95 % percentile-bootstrap intervals (2000 resamples, seed 0)."
+    if ev.get("benchmarks"):
+        s.text += " Rows marked lm-eval: EleutherAI's lm-evaluation-harness (evaluation.benchmarks)."
     return s
 
 

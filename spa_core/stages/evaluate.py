@@ -29,7 +29,7 @@ from spa_core.evaluation.metrics import (
     win_rates,
 )
 from spa_core.evaluation.pairwise import pairwise_json_schema, pairwise_messages, parse_verdict
-from spa_core.layout import EVAL_RESPONSES, HELDOUT
+from spa_core.layout import EVAL_BENCHMARKS, EVAL_RESPONSES, HELDOUT
 from spa_core.prompts import sample_messages
 from spa_core.stages.context import StageContext
 from spa_core.stages.generate import judge, upstream_hash
@@ -94,6 +94,15 @@ def run_evaluate(ctx: StageContext) -> dict:
     columns |= verdicts
     stats = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in stats.items()}
     ctx.dir.write_table(EVAL_RESPONSES, pa.table(columns))
+    if ev.benchmarks is not None:
+        from spa_core.evaluation.benchmarks import run_benchmarks
+
+        with ctx.progress("benchmarks (lm-evaluation-harness)", 2) as advance:
+            ctx.close()  # the judge's and models' memory back before two more model loads
+            results, stats["benchmarks"] = run_benchmarks(ev.benchmarks, ctx.spec.model,
+                                                           ctx.policy_path(), trained)
+            advance(2)
+        ctx.dir.write_json(EVAL_BENCHMARKS, results)
     manifest.finish(ctx.dir, **stats)
     return stats
 
