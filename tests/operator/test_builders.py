@@ -679,6 +679,17 @@ def test_a_workload_template_merges_containers_env_and_mounts_by_key() -> None:
     assert generator["hostIPC"] is False and len(generator["containers"]) == 1
 
 
+def test_two_new_items_with_one_key_in_one_override_become_one() -> None:
+    spec = with_templates(training={"spec": {"containers": [{
+        "name": "trainer",
+        "env": [{"name": "NCCL_DEBUG", "value": "INFO"},
+                {"name": "NCCL_DEBUG", "valueFrom": None, "value": "WARN"}],
+    }]}})
+    (trainer,) = pod_spec(build_training_job(OWNER, spec, CONFIG, 0))["containers"]
+    assert [e for e in trainer["env"] if e["name"] == "NCCL_DEBUG"] == [
+        {"name": "NCCL_DEBUG", "value": "WARN"}]
+
+
 def test_overriding_a_volume_replaces_its_source_and_null_removes_a_field() -> None:
     spec = with_templates(training={"spec": {
         "volumes": [{"name": "dshm", "hostPath": {"path": "/dev/shm"}}],

@@ -56,6 +56,9 @@ def _merge_list(base: list[Any], patch: list[Any], path: tuple[str, ...], key: s
             raise ClusterSpecError(f"{where}[{n}]", f"each item needs its {key!r} (the key "
                                    "it is merged on)")
         if (i := index.get(item[key])) is None:
+            # Indexed too: a later item with the same key in this patch merges into it, as
+            # the API server's strategic merge does, instead of making a duplicate.
+            index[item[key]] = len(out)
             out.append(copy.deepcopy(item))
             continue
         old = out[i]
