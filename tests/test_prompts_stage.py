@@ -168,7 +168,7 @@ def test_later_stages_read_the_prompts_a_shard_at_a_time(tmp_path: Path) -> None
     """`prompt_shards` gives the slices of prompts.parquet the sample stage names its files
     after, from batches (row groups of 4 rows here, shards of 3: they straddle), and
     `PromptCursor.texts` the texts of one shard's id range, passing over finished shards."""
-    from spa_core.stages.prompts import PromptCursor, prompt_count, prompt_shards
+    from spa_core.stages.prompts import prompt_count, prompt_cursor, prompt_shards
 
     texts = [f"Question number {i}?" for i in range(11)]
     src = write_jsonl(tmp_path / "p.jsonl", [json.dumps({"prompt": t}) for t in texts])
@@ -185,8 +185,7 @@ def test_later_stages_read_the_prompts_a_shard_at_a_time(tmp_path: Path) -> None
     assert pa.concat_tables([t for _, t in shards]).equals(whole)
     assert prompt_count(ctx) == 11
     ids = whole.column("prompt_id").to_pylist()
-    with ctx.dir.parquet_file("prompts/prompts.parquet") as file:
-        cursor = PromptCursor(file.iter_batches(batch_size=3))
+    with prompt_cursor(ctx) as cursor:  # batches of storage.shardSize (3) rows
         assert cursor.texts(ids[0], ids[2]) == {i: texts[i - 1] for i in ids[0:3]}
         # The next shard was finished before: the one after it is read, not the skipped one.
         assert cursor.texts(ids[6], ids[8]) == {i: texts[i - 1] for i in ids[6:9]}

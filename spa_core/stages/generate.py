@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spa_core.backends import Backend, ChatRequest
-from spa_core.layout import PROMPTS, shard_glob, shard_path
+from spa_core.layout import shard_glob, shard_path
 from spa_core.prompts import (
     dimension_names,
     judge_messages,
@@ -28,7 +28,7 @@ from spa_core.prompts import (
 from spa_core.scoring import parse_scores
 from spa_core.stages.context import StageContext
 from spa_core.stages.manifest import StageManifest, config_hash
-from spa_core.stages.prompts import PromptCursor, prompt_count, prompt_shards
+from spa_core.stages.prompts import prompt_count, prompt_cursor, prompt_shards
 
 __all__ = ["judge", "over_context", "run_refine", "run_sample", "run_score", "upstream_hash"]
 
@@ -171,8 +171,7 @@ def run_score(ctx: StageContext) -> dict:
         todo = _unfinished(ctx, "samples", manifest)
         sample_rows = StageManifest.load(ctx.dir, "samples").shards
         with ctx.progress("score", sum(sample_rows[name]["rows"] for name in todo)) as advance, \
-                ctx.dir.parquet_file(PROMPTS) as prompts_file:
-            cursor = PromptCursor(prompts_file.iter_batches(batch_size=ctx.spec.storage.shard_size))
+                prompt_cursor(ctx) as cursor:
             for name in todo:
                 samples = ctx.dir.read_table(shard_path("samples", name))
                 ids = samples.column("prompt_id").to_numpy()
@@ -195,12 +194,9 @@ def run_refine(ctx: StageContext) -> dict:
     manifest = StageManifest.open(ctx.dir, "refined", chash, force=ctx.force)
     if not manifest.complete:
         if (budget := _refine_budget_warning(ctx)) is not None:
-            log.warning("refine: %s", budget)
-            ctx.console.print(f"[yellow]warning:[/] {budget}")
+            _warn(ctx, budget)
         todo = _unfinished(ctx, "scores", manifest)
-        with ctx.progress("refine", len(todo)) as advance, \
-                ctx.dir.parquet_file(PROMPTS) as prompts_file:
-            cursor = PromptCursor(prompts_file.iter_batches(batch_size=ctx.spec.storage.shard_size))
+        with ctx.progress("refine", len(todo)) as advance, prompt_cursor(ctx) as cursor:
             for name in todo:
                 samples = ctx.dir.read_table(shard_path("samples", name))
                 scores = ctx.dir.read_table(shard_path("scores", name))
@@ -274,8 +270,13 @@ def _warn_about_failed_refinements(ctx: StageContext, stats: dict) -> None:
                    f"{stats.get('refine_over_context', 0)} did not fit the context): their "
                    "groups have no refined answer and are dropped as malformed, which drops "
                    "long answers more often")
-        log.warning("refine: %s", message)
-        ctx.console.print(f"[yellow]warning:[/] {message}")
+        _warn(ctx, message)
+
+
+def _warn(ctx: StageContext, message: str) -> None:
+    """A refine-stage warning, in the log and on the console."""
+    log.warning("refine: %s", message)
+    ctx.console.print(f"[yellow]warning:[/] {message}")
 
 
 def _scored_table(prompt_id: pa.Array, response_id: pa.Array, is_refined: bool,

@@ -21,12 +21,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from spa_core.layout import PAIR_RESPONSES, PAIRS, PROMPTS, shard_glob
+from spa_core.layout import PAIR_RESPONSES, PAIRS, shard_glob
 from spa_core.pairs import select_pairs
 from spa_core.stages.context import StageContext
 from spa_core.stages.generate import upstream_hash
 from spa_core.stages.manifest import StageManifest, config_hash
-from spa_core.stages.prompts import PromptCursor
+from spa_core.stages.prompts import prompt_cursor
 
 __all__ = ["run_pairs"]
 
@@ -129,12 +129,11 @@ def run_pairs(ctx: StageContext) -> dict:
     kept = np.asarray(selection.kept_prompt_ids, np.int64)  # ascending
 
     first = _shard_responses(ctx, shards[0])
-    with ctx.dir.parquet_file(PROMPTS) as prompts_file:
-        prompts = PromptCursor(prompts_file.iter_batches(batch_size=ctx.spec.storage.shard_size))
+    with prompt_cursor(ctx) as prompts:
         # The files' schemas, from empty tables shaped as every shard's will be.
         empty = first.slice(0, 0)
-        pair_schema = _pairs_with_texts(pairs.slice(0, 0), prompts_file.schema_arrow
-                                        .empty_table(), empty).schema
+        pair_schema = _pairs_with_texts(pairs.slice(0, 0), prompts.schema.empty_table(),
+                                        empty).schema
         response_schema = empty.schema.append(pa.field("group_kept", pa.bool_()))
         with ctx.dir.table_writer(PAIR_RESPONSES, response_schema) as out_responses, \
                 ctx.dir.table_writer(PAIRS, pair_schema) as out_pairs:

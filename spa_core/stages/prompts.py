@@ -11,6 +11,7 @@ the source, so it stays the same across iterations and reruns.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -28,7 +29,7 @@ from spa_core.stages.context import StageContext
 from spa_core.stages.manifest import StageManifest, config_hash
 
 __all__ = ["BadPromptRows", "PromptCursor", "PromptRows", "deduplicate", "normalise",
-           "prompt_shards", "read_prompts", "run_prompts"]
+           "prompt_cursor", "prompt_shards", "read_prompts", "run_prompts"]
 
 STAGE = "prompts"
 MAX_PROMPT_CHARS = 100_000
@@ -260,14 +261,22 @@ def prompt_count(ctx: StageContext) -> int:
         return file.metadata.num_rows
 
 
+@contextlib.contextmanager
+def prompt_cursor(ctx: StageContext) -> Iterator[PromptCursor]:
+    """A `PromptCursor` over this iteration's prompts.parquet, open for the block."""
+    with ctx.dir.parquet_file(PROMPTS) as file:
+        yield PromptCursor(file.iter_batches(batch_size=ctx.spec.storage.shard_size),
+                           file.schema_arrow)
+
+
 class PromptCursor:
     """prompts/prompts.parquet read forward once, a range of prompt ids at a time (the file
     is sorted by prompt id, and shards are its slices, so shard order is prompt order)."""
 
-    def __init__(self, batches: Iterator[pa.RecordBatch]) -> None:
+    def __init__(self, batches: Iterator[pa.RecordBatch], schema: pa.Schema) -> None:
         self._batches = batches
-        self._held = pa.table({"prompt_id": pa.array([], pa.int64()),
-                               "prompt": pa.array([], pa.string())})
+        self.schema = schema
+        self._held = schema.empty_table()
 
     def upto(self, last: int) -> pa.Table:
         """The prompts with ids up to `last` not handed out before."""

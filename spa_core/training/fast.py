@@ -371,14 +371,13 @@ def _half_precision(q: torch.Tensor) -> torch.dtype | None:
     rotary embedding's fp32 cos/sin promote the (autocast bf16) projections back to fp32.
     Autocast would run sdpa in its half dtype all the same, so the flash kernel does too.
     """
+    half = (torch.float16, torch.bfloat16)
     if not q.is_cuda:
         return None
-    if q.dtype in (torch.float16, torch.bfloat16):
+    if q.dtype in half:
         return q.dtype
-    if torch.is_autocast_enabled("cuda"):
-        dtype = torch.get_autocast_dtype("cuda")
-        return dtype if dtype in (torch.float16, torch.bfloat16) else None
-    return None
+    dtype = _compute_dtype(q)  # the autocast dtype, else fp32 (q's own): no flash kernel
+    return dtype if dtype in half else None
 
 
 def varlen_attention(
