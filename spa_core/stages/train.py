@@ -4,10 +4,14 @@ The trainer reads only `pairs/pairs.parquet` and writes a Hugging Face checkpoin
 `train/checkpoint-final`; intermediate checkpoints under `train/` let a killed run resume.
 On an object store the ranks train on local disk, and the trainer keeps `train/checkpoint-N`
 and `train/checkpoint-final` on the store (`spa_core.training.checkpoints`).
+
+Under torchrun every rank runs this stage; only global rank 0 starts, clears and finishes its
+manifest (a rank clearing `train/` while another writes its manifest loses that write).
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from spa_core.layout import PAIRS, TRAIN_LOG
@@ -31,8 +35,11 @@ def run_train(ctx: StageContext) -> dict:
     spec = ctx.spec
     policy = ctx.policy_path()
     chash = config_hash(STAGE, spec.training, policy or spec.model, upstream_hash(ctx, "pairs"))
-    manifest = StageManifest.open(ctx.dir, STAGE, chash, force=ctx.force)
-    if manifest.complete:
+    main = _is_main_rank()
+    # Other ranks only read: rank 0 decides, and the trainer's rendezvous waits for it.
+    manifest = (StageManifest.open(ctx.dir, STAGE, chash, force=ctx.force) if main
+                else _finished(ctx, chash))
+    if manifest is not None and manifest.complete:
         return manifest.stats
     pair_stats = StageManifest.load(ctx.dir, "pairs").stats
     if not pair_stats.get("pairs"):
@@ -58,9 +65,23 @@ def run_train(ctx: StageContext) -> dict:
         "resumed_from_step": result.resumed_from_step,
         **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)},
     }
-    ctx.dir.write_json(TRAIN_LOG, result.log_history)
-    manifest.finish(ctx.dir, **stats)
+    if main and manifest is not None:
+        ctx.dir.write_json(TRAIN_LOG, result.log_history)
+        manifest.finish(ctx.dir, **stats)
     return stats
+
+
+def _finished(ctx: StageContext, chash: str) -> StageManifest | None:
+    """The stage's manifest if it finished with this configuration (and no --force)."""
+    manifest = StageManifest.load(ctx.dir, STAGE)
+    if manifest is None or ctx.force or manifest.config_hash != chash or not manifest.complete:
+        return None
+    return manifest
+
+
+def _is_main_rank() -> bool:
+    """Global rank 0 under torchrun, or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _train(ctx: StageContext, train, model_path: str, gguf_file: str | None, output: Path,  # noqa: ANN001, ANN202
