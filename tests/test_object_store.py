@@ -179,6 +179,44 @@ def test_pipeline_stages_write_and_read_an_s3_run_dir(tmp_path: Path, s3_bucket:
     assert f"report: {run_dir}/report/report.html" in out.stdout + out.stderr
 
 
+def test_a_later_iteration_names_its_policy_by_uri_and_a_served_one_is_not_fetched(
+        tmp_path: Path, s3_bucket: S3Bucket, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Iteration 1 of a run on S3: its stages hash the previous checkpoint by URI (the same
+    in every pod), and a client of a server that names its model downloads nothing."""
+    from spa_core.rundir import RunDir
+    from spa_core.spec import parse_run
+    from spa_core.stages.context import StageContext
+
+    for key, value in s3_bucket.env.items():
+        monkeypatch.setenv(key, value)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SPA_CACHE", str(cache))
+    checkpoint = "runs/it/iter-00/train/checkpoint-final"
+    s3_bucket.fs.pipe_file(f"{s3_bucket.name}/{checkpoint}/config.json", b"{}")
+
+    def context(root: str = "runs/it", **generator: object) -> StageContext:
+        run = parse_run({"apiVersion": "alignment.spa.dev/v1alpha1", "kind": "SPAAlignmentRun",
+                         "metadata": {"name": "it"},
+                         "spec": {"model": {"name": "org/model"}, "iterations": {"count": 2},
+                                  "generator": generator}})
+        return StageContext(run=run, root=RunDir(s3_bucket.url(root)), iteration=1)
+
+    ctx = context(backend="openai", url="http://127.0.0.1:9/v1", servedModelName="policy")
+    assert ctx.policy_id() == s3_bucket.url(checkpoint)
+    backend = ctx.backend()
+    assert backend.model_name == "policy"
+    assert not cache.exists()  # nothing fetched
+    # A server without a name for its model is asked for the checkpoint's local path, as
+    # vLLM names a model it loaded from a directory: that needs the copy.
+    ctx = context(backend="openai", url="http://127.0.0.1:9/v1")
+    assert ctx.backend().model_name == ctx.policy_path()
+    assert (Path(ctx.policy_path()) / "config.json").is_file()
+    assert ctx.policy_path().startswith(str(cache))
+    # Iteration 1 before iteration 0 has trained: a clear error, naming what is missing.
+    with pytest.raises(FileNotFoundError, match="finish iteration 0 first"):
+        context("runs/untrained", backend="openai", url="http://127.0.0.1:9/v1").policy_id()
+
+
 @pytest.mark.slow
 def test_train_stage_on_two_ranks_resumes_from_the_store_after_the_group_is_killed(
         tiny_model: str, tmp_path: Path, s3_bucket: S3Bucket) -> None:

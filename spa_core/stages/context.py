@@ -55,6 +55,23 @@ class StageContext:
         """This iteration's directory."""
         return self.root.child(iteration_dir(self.iteration))
 
+    def policy_id(self) -> object:
+        """What names this iteration's policy in the stages' configuration hashes, fetching
+        nothing: the previous iteration's checkpoint (its URI), else `model`. The same in
+        every pod, whatever its cache directory."""
+        if self.iteration == 0:
+            return self.spec.model
+        return self.root.url(self._previous_checkpoint())
+
+    def _previous_checkpoint(self) -> str:
+        rel = f"{iteration_dir(self.iteration - 1)}/{CHECKPOINT}"
+        if not self.root.exists(rel):
+            raise FileNotFoundError(
+                f"iteration {self.iteration} starts from {self.root.url(rel)}, which does not "
+                f"exist: finish iteration {self.iteration - 1} first"
+            )
+        return rel
+
     def policy_path(self) -> str | None:
         """The model this iteration samples from: the previous iteration's checkpoint, if any.
 
@@ -63,13 +80,7 @@ class StageContext:
         """
         if self.iteration == 0:
             return remote_model_dir(self.spec.model.name)
-        rel = f"{iteration_dir(self.iteration - 1)}/{CHECKPOINT}"
-        if not self.root.exists(rel):
-            raise FileNotFoundError(
-                f"iteration {self.iteration} starts from {self.root.url(rel)}, which does not "
-                f"exist: finish iteration {self.iteration - 1} first"
-            )
-        return str(self.root.local_dir(rel))
+        return str(self.root.local_dir(self._previous_checkpoint()))
 
     def trained_path(self) -> str:
         """The checkpoint this iteration's training stage produced."""
@@ -79,10 +90,15 @@ class StageContext:
         return str(self.root.local_dir(rel))
 
     def backend(self, model_path: str | None = None) -> Backend:
-        """The backend serving `model_path` (default: this iteration's policy), built once."""
+        """The backend serving `model_path` (default: this iteration's policy), built once.
+
+        A server that names its model (`generator.servedModelName`) needs no local copy of
+        the policy: none is fetched."""
         from spa_core.backends import make_backend
 
-        key = model_path or self.policy_path()
+        gen = self.spec.generator
+        served = gen.backend == "openai" and gen.served_model_name is not None
+        key = model_path or (None if served else self.policy_path())
         if key not in self._backends:
             self._backends[key] = make_backend(
                 self.spec.model, self.spec.generator, model_path=key

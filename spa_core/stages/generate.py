@@ -48,10 +48,6 @@ def upstream_hash(ctx: StageContext, stage: str) -> str:
     return manifest.config_hash
 
 
-def _policy_id(ctx: StageContext) -> object:
-    return ctx.policy_path() or ctx.spec.model
-
-
 def _system_prompts(ctx: StageContext, prompt_ids: np.ndarray) -> tuple[list[str | None], list[bool]]:
     """Each sample's system prompt: varied with the configured probability, reproducibly."""
     s = ctx.spec.sampling
@@ -70,7 +66,7 @@ def _system_prompts(ctx: StageContext, prompt_ids: np.ndarray) -> tuple[list[str
 def run_sample(ctx: StageContext) -> dict:
     """n responses per prompt at the sampling temperature."""
     s = ctx.spec.sampling
-    chash = config_hash("sample", s, ctx.spec.variation_probability, _policy_id(ctx),
+    chash = config_hash("sample", s, ctx.spec.variation_probability, ctx.policy_id(),
                         ctx.spec.storage.shard_size, upstream_hash(ctx, "prompts"))
     manifest = StageManifest.open(ctx.dir, "samples", chash, force=ctx.force)
     if not manifest.complete:
@@ -164,7 +160,7 @@ def judge(ctx: StageContext, instructions: Sequence[str], responses: Sequence[st
 
 def run_score(ctx: StageContext) -> dict:
     """Self-evaluation of every sampled response."""
-    chash = config_hash("score", ctx.spec.scoring, ctx.spec.objectives, _policy_id(ctx),
+    chash = config_hash("score", ctx.spec.scoring, ctx.spec.objectives, ctx.policy_id(),
                         upstream_hash(ctx, "samples"))
     manifest = StageManifest.open(ctx.dir, "scores", chash, force=ctx.force)
     if not manifest.complete:
@@ -189,7 +185,7 @@ def run_score(ctx: StageContext) -> dict:
 def run_refine(ctx: StageContext) -> dict:
     """One refined response per prompt from all samples and their scores, then scored."""
     s, obj = ctx.spec.sampling, ctx.spec.objectives
-    chash = config_hash("refine", s.max_tokens, ctx.spec.scoring, obj, _policy_id(ctx),
+    chash = config_hash("refine", s.max_tokens, ctx.spec.scoring, obj, ctx.policy_id(),
                         upstream_hash(ctx, "scores"))
     manifest = StageManifest.open(ctx.dir, "refined", chash, force=ctx.force)
     if not manifest.complete:

@@ -33,8 +33,7 @@ def run_train(ctx: StageContext) -> dict:
     from spa_core.training import train
 
     spec = ctx.spec
-    policy = ctx.policy_path()
-    chash = config_hash(STAGE, spec.training, policy or spec.model, upstream_hash(ctx, "pairs"))
+    chash = config_hash(STAGE, spec.training, ctx.policy_id(), upstream_hash(ctx, "pairs"))
     main = _is_main_rank()
     # Other ranks only read: rank 0 decides, and the trainer's rendezvous waits for it.
     manifest = (StageManifest.open(ctx.dir, STAGE, chash, force=ctx.force) if main
@@ -48,7 +47,7 @@ def run_train(ctx: StageContext) -> dict:
             f"({pair_stats}); use more prompts, a larger sampling.numSamples, a larger "
             "denoising.rho or a smaller denoising.delta"
         )
-    model_path, gguf_file = resolve_model(spec.model, policy)
+    model_path, gguf_file = resolve_model(spec.model, ctx.policy_path())
     if ctx.dir.is_local:
         output = Path(ctx.dir.path(STAGE))
         result = _train(ctx, train, model_path, gguf_file, output)
