@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 
 # On a shared or small CPU, OpenMP threads that spin while waiting made generation ~7x
 # slower; this must be set before torch is imported (stages import it lazily).
@@ -51,12 +52,13 @@ ForceOpt = Annotated[
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from spa_core.backends import BackendUnavailable
+    from spa_core.stages.evaluate import TrainedAnswersMissing
     from spa_core.stages.manifest import ConfigMismatch
     from spa_core.stages.prompts import BadPromptRows
     from spa_core.stages.train import NoPairs
 
     return (SpecError, BadPromptRows, ConfigMismatch, BackendUnavailable, NoPairs,
-            GPUsUnavailable, FileNotFoundError)
+            GPUsUnavailable, FileNotFoundError, TrainedAnswersMissing)
 
 
 def _terminate_with(text: str) -> None:
@@ -86,11 +88,13 @@ def _root(run: SPAAlignmentRun, run_dir: str | None) -> RunDir:
     return RunDir(run_dir or run.spec.storage.uri.format(name=run.name))
 
 
-def _run_stages(ctx: StageContext, stages: list[str]) -> None:
+def _run_stages(ctx: StageContext, stages: list[str],
+                step: Callable[[StageContext], dict] | None = None) -> None:
+    """Run `stages` in order (`step` in place of the one stage's own function)."""
     try:
         for name in stages:
             console.print(f"[bold cyan]▶ {name}[/] (iteration {ctx.iteration}, {ctx.dir.url()})")
-            stats = stage_function(name)(ctx)
+            stats = (step or stage_function(name))(ctx)
             console.print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in stats.items()
                                                      if not isinstance(v, list | dict)),
                           highlight=False)
@@ -98,21 +102,28 @@ def _run_stages(ctx: StageContext, stages: list[str]) -> None:
         ctx.close()
 
 
+def _stage_main(name: str, spec: Path, run_dir: str | None, iteration: int, force: bool,
+                step: Callable[[StageContext], dict] | None = None) -> None:
+    """One stage as its command runs it; the outcome also as the container's termination
+    message (counts so far, and the evaluation's headline)."""
+    try:
+        ctx = _context(spec, run_dir, iteration, force)
+        _run_stages(ctx, [name], step)
+    except _user_errors() as exc:
+        _fail(exc)
+    except Exception as exc:
+        _terminate_with(f"{type(exc).__name__}: {exc}")
+        raise
+    message: dict[str, object] = {"stage": name, **stage_counts(ctx.root, iteration)}
+    if name == "evaluate":
+        message["evaluation"] = evaluation_headline(ctx.root, iteration)
+    _terminate_with(json.dumps(message))
+
+
 def _stage_command(name: str) -> None:
     def command(spec: SpecArg, run_dir: RunDirOpt = None, iteration: IterationOpt = 0,
                 force: ForceOpt = False) -> None:
-        try:
-            ctx = _context(spec, run_dir, iteration, force)
-            _run_stages(ctx, [name])
-        except _user_errors() as exc:
-            _fail(exc)
-        except Exception as exc:
-            _terminate_with(f"{type(exc).__name__}: {exc}")
-            raise
-        message: dict[str, object] = {"stage": name, **stage_counts(ctx.root, iteration)}
-        if name == "evaluate":
-            message["evaluation"] = evaluation_headline(ctx.root, iteration)
-        _terminate_with(json.dumps(message))
+        _stage_main(name, spec, run_dir, iteration, force)
 
     command.__doc__ = {
         "prompts": "Read, validate and draw the seed prompts.",
@@ -121,13 +132,31 @@ def _stage_command(name: str) -> None:
         "refine": "Write and score one refined response per prompt (self-refinement).",
         "pairs": "Denoise and build the lexicographic preference pairs with their weights.",
         "train": "Train on the pairs (uncertainty-weighted SimPO or an ablation).",
-        "evaluate": "Compare the model before and after training on held-out prompts.",
     }[name]
     app.command(name)(command)
 
 
 for _name in STAGES:
+    if _name == "evaluate":  # its own command, below
+        continue
     _stage_command(_name)
+
+
+@app.command("evaluate")
+def evaluate(
+    spec: SpecArg, run_dir: RunDirOpt = None, iteration: IterationOpt = 0,
+    force: ForceOpt = False,
+    trained_answers_only: Annotated[bool, typer.Option(
+        "--trained-answers-only",
+        help="Only record the trained model's answers and stop. With generator.backend "
+             "openai (one server, one model) run this first against a server of the trained "
+             "checkpoint, then `spa evaluate` against the starting policy's.")] = False,
+) -> None:
+    """Compare the model before and after training on held-out prompts."""
+    from spa_core.stages.evaluate import run_trained_answers
+
+    _stage_main("evaluate", spec, run_dir, iteration, force,
+                run_trained_answers if trained_answers_only else None)
 
 
 @app.command()
@@ -135,6 +164,7 @@ def run(spec: SpecArg, run_dir: RunDirOpt = None, force: ForceOpt = False) -> No
     """Run every stage of every iteration in order, in this process; print a summary."""
     try:
         run_doc = load_run(spec)
+        _check_one_process(run_doc)
         root = _root(run_doc, run_dir)
         _record_spec(root, run_doc)
         stages = [s for s in STAGES if s != "evaluate" or run_doc.spec.evaluation.enabled]
@@ -150,6 +180,26 @@ def run(spec: SpecArg, run_dir: RunDirOpt = None, force: ForceOpt = False) -> No
         Console().print(f"report: {_report(root, run_doc.model_dump(mode='json', by_alias=True))}")
     except ImportError as exc:  # the `report` extra is missing: the run itself succeeded
         console.print(f"[yellow]no report:[/] {exc}", highlight=False)
+
+
+def _check_one_process(run: SPAAlignmentRun) -> None:
+    """`spa run` cannot swap the model an external server serves: refuse, before any work, a
+    run that needs another model than the starting policy from it."""
+    spec = run.spec
+    if spec.generator.backend != "openai":
+        return
+    later = f"iterations.count = {spec.iterations.count} (iteration 1 samples from the " \
+        "trained model)"
+    needs = [what for what, needed in (
+        ("evaluation.enabled (the trained model answers)", spec.evaluation.enabled),
+        (later, spec.iterations.count > 1)) if needed]
+    if needs:
+        raise SpecError(
+            f"spa run: generator.backend is openai, whose server ({spec.generator.url}) serves "
+            f"one model, but {' and '.join(needs)} needs another: run the stages one by one, "
+            "serving each model in turn (`spa evaluate --trained-answers-only` against the "
+            "trained checkpoint's server, then `spa evaluate`), use the transformers backend, "
+            "or let the operator run it")
 
 
 def _record_spec(root: RunDir, run: SPAAlignmentRun) -> None:

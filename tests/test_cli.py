@@ -128,6 +128,17 @@ def test_unreachable_server_is_a_clear_error_and_nothing_is_marked_done(tmp_path
     assert manifest["shards"] == {} and not manifest["complete"]
 
 
+def test_spa_run_refuses_at_once_what_one_external_server_cannot_serve(tmp_path: Path) -> None:
+    server = {"backend": "openai", "url": "http://127.0.0.1:9/v1"}
+    spec = write_spec(tmp_path / "run.yaml", prompts={"builtin": "honesty", "count": 2},
+                      generator=server, iterations={"count": 2})
+    out = spa("run", spec, "--run-dir", tmp_path / "run")
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "evaluation.enabled" in out.stderr and "iterations.count = 2" in out.stderr
+    assert "--trained-answers-only" in out.stderr
+    assert not (tmp_path / "run").exists()  # refused before any work
+
+
 def test_a_killed_stage_resumes_without_redoing_finished_shards(tmp_path: Path) -> None:
     spec = write_spec(
         tmp_path / "run.yaml",

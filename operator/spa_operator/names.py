@@ -21,6 +21,7 @@ __all__ = [
     "pipeline_job",
     "scheduled_run",
     "spec_config_map",
+    "trained_answers_job",
     "training_config_map",
     "training_job",
     "training_pod_hostname",
@@ -84,6 +85,12 @@ def training_pod_hostname(run: str, iteration: int, index: int, attempt: int = 0
     return f"{training_job(run, iteration, attempt)}-{index}"
 
 
+def trained_answers_job(run: str, iteration: int) -> str:
+    """Job recording the trained model's answers to the held-out prompts, from the vLLM
+    Deployment of iteration `iteration`'s checkpoint (`<run>-generator-<iteration + 1>`)."""
+    return f"{run}-answers-{iteration}"
+
+
 def evaluation_job(run: str, iteration: int) -> str:
     """Job comparing the model before and after one iteration."""
     return f"{run}-eval-{iteration}"
@@ -99,12 +106,13 @@ def _longest_suffix() -> int:
     names = [
         spec_config_map(""),
         generator_service(""),
-        generator_deployment("", it),
+        generator_deployment("", it + 1),  # the last iteration's trained checkpoint
         pipeline_job("", it),
         training_job("", it, MAX_TRAINING_RESTARTS),
         training_service("", it),
         training_config_map(""),
         training_pod_hostname("", it, node, MAX_TRAINING_RESTARTS),
+        trained_answers_job("", it),
         evaluation_job("", it),
     ]
     return max(len(n) for n in names)

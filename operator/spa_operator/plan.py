@@ -16,6 +16,8 @@ from typing import Any
 from spa_core.spec import RunSpec
 from spa_operator import builders, names
 from spa_operator.builders import Owner
+from spa_operator.builders.common import COMPONENT_LABEL, ITERATION_LABEL
+from spa_operator.builders.generator import COMPONENT as GENERATOR
 from spa_operator.config import OperatorConfig
 from spa_operator.observe import JobState, Trouble, deployment_available, job_state
 from spa_operator.status import JobStage, RunPhase, RunStage
@@ -70,6 +72,8 @@ class Step:
     """Restarts of this iteration's training group so far (the latest attempt when None)."""
     finished: list[JobStage] = field(default_factory=list)
     """Stages of this iteration whose Job succeeded, for the status to remember."""
+    generator: str | None = None
+    """The generator Deployment the step waits for (stage `Generator`)."""
 
 
 def _stale_generators(owner: Owner, children: Children, keep: str | None) -> list[tuple[str, str]]:
@@ -132,12 +136,14 @@ class _IterationStates:
     attempt: int
     pipeline: JobState
     training: JobState
+    answers: JobState
     evaluation: JobState
 
     @property
     def finished(self) -> list[JobStage]:
         return [stage for stage, state in (("Pipeline", self.pipeline),
                                            ("Training", self.training),
+                                           ("TrainedAnswers", self.answers),
                                            ("Evaluation", self.evaluation))
                 if state.phase == "Succeeded"]
 
@@ -156,42 +162,53 @@ def _iteration_states(owner: Owner, spec: RunSpec, progress: Progress, i: int,
         attempt=attempt,
         pipeline=state("Pipeline", names.pipeline_job(owner.name, i)),
         training=state("Training", names.training_job(owner.name, i, attempt)),
+        answers=state("TrainedAnswers", names.trained_answers_job(owner.name, i)),
         evaluation=state("Evaluation", names.evaluation_job(owner.name, i)))
 
 
 def _next_in_iteration(owner: Owner, spec: RunSpec, config: OperatorConfig, i: int,
                        children: Children, states: _IterationStates) -> Step | None:
     """The step within iteration `i`, or None when the iteration is finished."""
-    attempt, pipeline, training, evaluation = \
-        states.attempt, states.pipeline, states.training, states.evaluation
+    attempt, pipeline, training = states.attempt, states.pipeline, states.training
     pipeline_name = names.pipeline_job(owner.name, i)
     training_name = names.training_job(owner.name, i, attempt)
-    evaluation_name = names.evaluation_job(owner.name, i)
     restart = training.phase == "Failed" and training.reason not in _FINAL_JOB_FAILURES \
         and attempt < spec.training.max_restarts
 
     for stage, name, state in (("Pipeline", pipeline_name, pipeline),
                                ("Training", training_name, training),
-                               ("Evaluation", evaluation_name, evaluation)):
+                               ("TrainedAnswers", names.trained_answers_job(owner.name, i),
+                                states.answers),
+                               ("Evaluation", names.evaluation_job(owner.name, i),
+                                states.evaluation)):
         if state.phase == "Failed" and not (stage == "Training" and restart):
             message = f"Job {name} failed ({state.reason}): {state.message}".rstrip(": ")
             if stage == "Training" and attempt:
                 message += f" (after {attempt} restart(s) of training)"
-            return Step("Failed", stage, i, f"{stage}Failed", message,
+            return Step("Failed", "Evaluation" if stage == "TrainedAnswers" else stage, i,
+                        f"{stage}Failed", message,
                         delete=_stale_generators(owner, children, None),
                         failed_job=name)
 
-    finished = evaluation.phase == "Succeeded" if spec.evaluation.enabled \
+    finished = states.evaluation.phase == "Succeeded" if spec.evaluation.enabled \
         else training.phase == "Succeeded"
     if finished:
         return None
 
     if training.phase == "Succeeded":
-        return Step("Running", "Evaluation", i, "Evaluating",
-                    f"evaluating iteration {i} (Job {evaluation_name})",
-                    ensure=[builders.build_spec_config_map(owner, spec, config),
-                            builders.build_evaluation_job(owner, spec, config, i)],
-                    delete=_stale_generators(owner, children, None))
+        # vLLM serves one model: first the trained checkpoint (the next iteration's
+        # generator) answers the held-out prompts, then the starting policy answers them too
+        # and judges both.
+        if states.answers.phase != "Succeeded":
+            return _served_job(owner, spec, config, i, children, i + 1, states.answers,
+                               builders.build_trained_answers_job(owner, spec, config, i),
+                               "the trained checkpoint", "Evaluation", "Evaluating",
+                               f"answering iteration {i}'s held-out prompts with the "
+                               "trained checkpoint")
+        return _served_job(owner, spec, config, i, children, i, states.evaluation,
+                           builders.build_evaluation_job(owner, spec, config, i),
+                           f"iteration {i}'s starting policy", "Evaluation", "Evaluating",
+                           f"evaluating iteration {i}: the starting policy answers and judges")
 
     if pipeline.phase == "Succeeded":
         keep = None if spec.generator.scale_down_after_use else \
@@ -220,25 +237,49 @@ def _next_in_iteration(owner: Owner, spec: RunSpec, config: OperatorConfig, i: i
                                                                  attempt)],
                     delete=delete)
 
-    generator_name = names.generator_deployment(owner.name, i)
+    return _served_job(owner, spec, config, i, children, i, pipeline,
+                       builders.build_pipeline_job(owner, spec, config, i),
+                       f"iteration {i}'s policy", "Pipeline", "Sampling",
+                       f"sampling, scoring and refining iteration {i}")
+
+
+def _served_job(owner: Owner, spec: RunSpec, config: OperatorConfig, i: int,
+                children: Children, serving: int, state: JobState, job: dict[str, Any],
+                model: str, stage: RunStage, reason: str, what: str) -> Step:
+    """The step of a Job that talks to vLLM: generator `serving` (the policy of iteration
+    `serving`) brought up alone behind the generator Service, then the Job once it is ready.
+
+    Every other generator goes first, and the Job starts only once none of their pods is
+    left: the Service then reaches `model` and nothing else.
+    """
+    generator_name = names.generator_deployment(owner.name, serving)
+    job_name = job["metadata"]["name"]
     ensure = [builders.build_spec_config_map(owner, spec, config),
               builders.build_generator_service(owner, spec, config),
-              builders.build_generator_deployment(owner, spec, config, i)]
+              builders.build_generator_deployment(owner, spec, config, serving)]
     if config.network_policy:
         ensure.insert(2, builders.build_generator_network_policy(owner, spec, config))
     stale = _stale_generators(owner, children, generator_name)
-    if pipeline.phase == "Running":
-        return Step("Running", "Pipeline", i, "Sampling",
-                    f"sampling, scoring and refining iteration {i} (Job {pipeline_name})",
+    if state.phase == "Running":
+        return Step("Running", stage, i, reason, f"{what} (Job {job_name})",
                     ensure=ensure, delete=stale)
-    if deployment_available(children.deployments.get(generator_name)):
-        return Step("Running", "Pipeline", i, "Sampling",
-                    f"generator ready; starting the pipeline of iteration {i}",
-                    ensure=[*ensure, builders.build_pipeline_job(owner, spec, config, i)],
-                    delete=stale)
+    if deployment_available(children.deployments.get(generator_name)) and \
+            not _other_generator_pods(owner, children, serving):
+        return Step("Running", stage, i, reason,
+                    f"generator ready ({generator_name}, serving {model}); {what} "
+                    f"(Job {job_name})", ensure=[*ensure, job], delete=stale)
     return Step("Running", "Generator", i, "WaitingForGenerator",
-                f"waiting for vLLM ({generator_name}) to pass its /health check",
-                ensure=ensure, delete=stale)
+                f"waiting for vLLM ({generator_name}, serving {model}) to pass its /health "
+                "check" + ("" if stage == "Pipeline" else f", then {what}"),
+                ensure=ensure, delete=stale, generator=generator_name)
+
+
+def _other_generator_pods(owner: Owner, children: Children, serving: int) -> list[str]:
+    """Pods of the run's generators other than `serving`'s (still stopping, say)."""
+    return sorted(name for name, pod in children.pods.items()
+                  if (labels := (pod.get("metadata") or {}).get("labels") or {})
+                  .get(COMPONENT_LABEL) == GENERATOR
+                  and labels.get(ITERATION_LABEL) != str(serving))
 
 
 def with_deadlines(step: Step, owner: Owner, spec: RunSpec, children: Children,
@@ -259,8 +300,8 @@ def with_deadlines(step: Step, owner: Owner, spec: RunSpec, children: Children,
     elif step.phase == "Running" and step.stage == "Generator" and \
             now - stage_started > timedelta(seconds=start_limit):
         reason = "GeneratorStartTimeout"
-        what = (f"vLLM ({names.generator_deployment(owner.name, step.iteration)}) did not pass "
-                f"its /health check within generator.startDeadlineSeconds ({start_limit} s)")
+        what = (f"vLLM ({step.generator}) did not pass its /health check within "
+                f"generator.startDeadlineSeconds ({start_limit} s)")
     else:
         return step
     message = f"{what}; it was {step.message}" + (f"; {trouble.message}" if trouble else "")

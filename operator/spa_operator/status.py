@@ -26,7 +26,7 @@ __all__ = [
 
 RunPhase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
 RunStage = Literal["Generator", "Pipeline", "Training", "Evaluation", "Done"]
-JobStage = Literal["Pipeline", "Training", "Evaluation"]
+JobStage = Literal["Pipeline", "Training", "TrainedAnswers", "Evaluation"]
 """The stages that run as a Job."""
 
 
@@ -112,7 +112,7 @@ class RunStatus(_Status):
     """Current iteration (0-based)."""
     conditions: Annotated[list[Condition], Field(max_length=32)] = []
     """Latest observations (type Ready is the summary)."""
-    finished_stages: Annotated[list[JobStage], Field(max_length=3)] = []
+    finished_stages: Annotated[list[JobStage], Field(max_length=4)] = []
     """Stages of the current iteration whose Job succeeded; they are not run again, even when
     their Job has been deleted since."""
     counts: Counts | None = None

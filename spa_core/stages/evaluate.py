@@ -10,6 +10,13 @@ method) scores both, so the comparison is not confounded by a change of judge:
   bias; win / tie / loss rates of the trained model with bootstrap intervals.
 
 Judge answers that cannot be parsed are counted, never silently dropped.
+
+Each model's answers are kept (`evaluate/answers-<before|after>.parquet`, recorded in the
+manifest) before any judging, so a stage that stops resumes without asking again. An
+OpenAI-compatible server serves one model: with the `openai` backend the trained model's
+answers come first, from a server of the trained checkpoint (`spa evaluate
+--trained-answers-only`, which stops there; the operator serves it with vLLM), then `spa
+evaluate` against the starting policy's server answers "before" and judges.
 """
 
 from __future__ import annotations
@@ -29,18 +36,28 @@ from spa_core.evaluation.metrics import (
     win_rates,
 )
 from spa_core.evaluation.pairwise import pairwise_json_schema, pairwise_messages, parse_verdict
-from spa_core.layout import EVAL_BENCHMARKS, EVAL_RESPONSES, HELDOUT
+from spa_core.layout import CHECKPOINT, EVAL_BENCHMARKS, EVAL_RESPONSES, HELDOUT
 from spa_core.prompts import sample_messages
 from spa_core.stages.context import StageContext
 from spa_core.stages.generate import judge, upstream_hash
 from spa_core.stages.manifest import StageManifest, config_hash
 from spa_core.stages.prompts import BadPromptRows
 
-__all__ = ["JUDGE_API_KEY_ENV", "run_evaluate"]
+__all__ = ["JUDGE_API_KEY_ENV", "TrainedAnswersMissing", "run_evaluate",
+           "run_trained_answers"]
 
 STAGE = "evaluate"
 #: The external judge's API key (the operator sets it from evaluation.judge.apiKeySecretRef).
 JUDGE_API_KEY_ENV = "SPA_JUDGE_API_KEY"
+LABELS = ("before", "after")
+
+
+class TrainedAnswersMissing(RuntimeError):
+    """The `openai` backend serves one model, and the trained model has not answered yet."""
+
+
+def _answers_path(label: str) -> str:
+    return f"{STAGE}/answers-{label}.parquet"
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -48,31 +65,79 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+def _open(ctx: StageContext) -> StageManifest:
+    chash = config_hash(STAGE, ctx.spec.evaluation, ctx.spec.scoring, ctx.spec.objectives,
+                        ctx.policy_id(), upstream_hash(ctx, "train"))
+    return StageManifest.open(ctx.dir, STAGE, chash, force=ctx.force)
+
+
+def _one_server(ctx: StageContext) -> bool:
+    """Whether one server answers for every model (the `openai` backend)."""
+    return ctx.spec.generator.backend == "openai"
+
+
+def _answers(ctx: StageContext, manifest: StageManifest, label: str,
+             prompts: list[str]) -> list[str]:
+    """`label`'s greedy answers to the held-out prompts: recorded ones, else asked for (the
+    trained model: from this stage's server when one server answers, else in-process)."""
+    rel = _answers_path(label)
+    if manifest.is_done(f"answers-{label}"):
+        answers = ctx.dir.read_table(rel).column("response").to_pylist()
+        if len(answers) != len(prompts):
+            raise FileNotFoundError(f"{ctx.dir.url(rel)} holds {len(answers)} answers for "
+                                    f"{len(prompts)} held-out prompts: rerun with --force")
+        return answers
+    model_path = ctx.trained_path() if label == "after" and not _one_server(ctx) else None
+    requests = [ChatRequest(messages=sample_messages(p, ctx.spec.sampling.system_prompt),
+                            temperature=0.0, max_tokens=ctx.spec.evaluation.max_tokens, seed=i)
+                for i, p in enumerate(prompts)]
+    with ctx.progress(f"evaluate ({label})", len(requests)) as advance:
+        answers = [r.text for r in ctx.backend(model_path).generate(requests, on_done=advance)]
+    if model_path is not None:  # free the trained model before judging
+        ctx.release(model_path)
+    ctx.dir.write_table(rel, pa.table({"response": pa.array(answers, pa.string())}))
+    manifest.mark_shard(ctx.dir, f"answers-{label}", rows=len(answers))
+    return answers
+
+
+def _held_out(ctx: StageContext) -> pa.Table:
+    held = ctx.dir.read_table(HELDOUT)
+    if not held.num_rows:
+        raise BadPromptRows("no held-out prompts to evaluate: raise evaluation.count or add prompts")
+    return held
+
+
+def run_trained_answers(ctx: StageContext) -> dict:
+    """Only the trained model's answers, recorded for `run_evaluate`: against a server of the
+    trained checkpoint when the backend is `openai` (in-process otherwise)."""
+    manifest = _open(ctx)
+    if manifest.complete:
+        return manifest.stats
+    prompts = _held_out(ctx).column("prompt").to_pylist()
+    answers = _answers(ctx, manifest, "after", prompts)
+    return {"prompts": len(prompts), "answered": sum(bool(a) for a in answers)}
+
+
 def run_evaluate(ctx: StageContext) -> dict:
     ev = ctx.spec.evaluation
-    trained = ctx.trained_path()
-    chash = config_hash(STAGE, ev, ctx.spec.scoring, ctx.spec.objectives,
-                        ctx.policy_path() or ctx.spec.model, upstream_hash(ctx, "train"))
-    manifest = StageManifest.open(ctx.dir, STAGE, chash, force=ctx.force)
+    manifest = _open(ctx)
     if manifest.complete:
         return manifest.stats
     stats: dict[str, object] = {}
-    held = ctx.dir.read_table(HELDOUT)
+    held = _held_out(ctx)
     prompts = held.column("prompt").to_pylist()
-    if not prompts:
-        raise BadPromptRows("no held-out prompts to evaluate: raise evaluation.count or add prompts")
     stats["prompts"] = len(prompts)
+    if _one_server(ctx) and not manifest.is_done("answers-after"):
+        raise TrainedAnswersMissing(
+            f"generator.backend is openai, whose server ({ctx.spec.generator.url}) serves one "
+            f"model: first serve the trained checkpoint ({ctx.dir.url(CHECKPOINT)}) "
+            "and run `spa evaluate --trained-answers-only` against it, then serve the starting "
+            "policy again and run `spa evaluate`")
 
     judge_backend, stats["judge"] = _judge(ctx)
     columns: dict[str, pa.Array] = {"prompt_id": held.column("prompt_id")}
-    for label, model_path in (("before", None), ("after", trained)):
-        requests = [ChatRequest(messages=sample_messages(p, ctx.spec.sampling.system_prompt),
-                                temperature=0.0, max_tokens=ev.max_tokens, seed=i)
-                    for i, p in enumerate(prompts)]
-        with ctx.progress(f"evaluate ({label})", len(requests)) as advance:
-            answers = [r.text for r in ctx.backend(model_path).generate(requests, on_done=advance)]
-        if model_path is not None:  # free the trained model before judging
-            ctx.release(model_path)
+    for label in LABELS:
+        answers = _answers(ctx, manifest, label, prompts)
         # Greedy judging (the paper's evaluation), whatever scoring.temperature says.
         a, b, status, _ = judge(ctx, prompts, answers, backend=judge_backend, temperature=0.0)
         columns |= {
@@ -100,7 +165,7 @@ def run_evaluate(ctx: StageContext) -> dict:
         with ctx.progress("benchmarks (lm-evaluation-harness)", 2) as advance:
             ctx.close()  # the judge's and models' memory back before two more model loads
             results, stats["benchmarks"] = run_benchmarks(ev.benchmarks, ctx.spec.model,
-                                                           ctx.policy_path(), trained)
+                                                           ctx.policy_path(), ctx.trained_path())
             advance(2)
         ctx.dir.write_json(EVAL_BENCHMARKS, results)
     manifest.finish(ctx.dir, **stats)

@@ -1,8 +1,9 @@
 """`kubectl apply -f examples/cluster-cpu.yaml`, for real: the operator installed by its chart,
 vLLM for CPUs serving the embedded model as the generator Deployment (exported from its GGUF
 file by an init container in the trainer image), the pipeline Job's stages in the slim worker
-image against it, the
-training Job's two pods under torchrun over gloo, and the evaluation Job with the report.
+image against it, the training Job's two pods under torchrun over gloo, then the evaluation
+against vLLM: the trained checkpoint served from the run's volume answers first, then the
+starting policy, served again, answers and judges, and the report is written.
 
 The run is the example with a model cache claim and pod template overrides added, as a
 platform team would adapt it to their cluster (`TUNED`). The one run also goes through three
@@ -94,6 +95,8 @@ class Run:
     cache: Path | None = None
     #: the generator's pod, as the API server had it while the pipeline ran.
     generator_pod: dict[str, Any] = field(default_factory=dict)
+    #: the pod of the generator serving the trained checkpoint, during the evaluation.
+    trained_generator_pod: dict[str, Any] = field(default_factory=dict)
 
 
 def _children(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
@@ -170,6 +173,11 @@ def run(cluster: Cluster, operator: str) -> Iterator[Run]:
             return status
         if not faulted.generator_pod and status.get("stage") == "Pipeline":
             faulted.generator_pod = next(iter(_pods(cluster, namespace, "generator")), {})
+        if not faulted.trained_generator_pod and status.get("finishedStages") == [
+                "Pipeline", "Training"]:
+            faulted.trained_generator_pod = next(
+                (p for p in _pods(cluster, namespace, "generator")
+                 if p["metadata"]["labels"]["alignment.spa.dev/iteration"] == "1"), {})
         if not faulted.operator_pods[0] and status.get("stage") == "Pipeline" and \
                 f"Job/{NAME}-pipeline-0" in _children(cluster, namespace):
             _restart_operator(cluster, faulted)
@@ -192,10 +200,11 @@ def run(cluster: Cluster, operator: str) -> Iterator[Run]:
 
 
 def _events(cluster: Cluster, namespace: str, reason: str) -> list[str]:
-    """Messages of the run's events with `reason`, once per occurrence."""
+    """Messages of the run's events with `reason`, oldest first, once per occurrence."""
     items = json.loads(cluster.kubectl("-n", namespace, "get", "events", "--field-selector",
                                        f"involvedObject.name={NAME},reason={reason}",
                                        "-o", "json"))["items"]
+    items.sort(key=lambda e: e.get("firstTimestamp") or e.get("eventTime") or "")
     return [e["message"] for e in items for _ in range(e.get("count") or 1)]
 
 
@@ -234,7 +243,10 @@ def test_a_deleted_operator_pod_is_replaced_and_creates_no_child_twice(
     assert f"Job/{NAME}-pipeline-0" in run.before_operator_restart
     created = _events(cluster, run.namespace, "Created")
     assert created, "no Created event recorded"
-    assert len(created) == len(set(created)), f"a child was created twice: {sorted(created)}"
+    # Nothing twice, but the starting policy's generator: for the pipeline, then to judge.
+    twice = {m for m in created if created.count(m) > 1}
+    assert twice == {f"created Deployment {NAME}-generator-0"}, sorted(created)
+    assert created.count(f"created Deployment {NAME}-generator-0") == 2, sorted(created)
 
 
 def test_a_killed_training_pod_restarts_training_from_its_last_checkpoint(
@@ -265,12 +277,45 @@ def test_a_killed_training_pod_restarts_training_from_its_last_checkpoint(
 def test_a_finished_stage_whose_job_was_deleted_is_not_run_again(
         cluster: Cluster, run: Run) -> None:
     assert run.pipeline_job_deleted, "the run finished before its pipeline Job was deleted"
-    assert run.status["finishedStages"] == ["Pipeline", "Training", "Evaluation"]
+    assert run.status["finishedStages"] == ["Pipeline", "Training", "TrainedAnswers",
+                                            "Evaluation"]
     children = _children(cluster, run.namespace)
     assert f"Job/{NAME}-pipeline-0" not in children
     assert not [k for k in children if k.startswith(f"Deployment/{NAME}-generator")], children
-    created = _events(cluster, run.namespace, "Created")
-    assert created.count(f"created Deployment {NAME}-generator-0") == 1, created
+    # The pipeline's generator did not come back during training: once for the pipeline,
+    # once for the evaluation's judge, in that order, the trained checkpoint's between them.
+    created = [m for m in _events(cluster, run.namespace, "Created")
+               if f"Deployment {NAME}-generator" in m]
+    assert created == [f"created Deployment {NAME}-generator-{i}" for i in (0, 1, 0)], created
+
+
+def test_the_evaluation_asks_vllm_serving_the_trained_checkpoint_then_the_policy(
+        cluster: Cluster, run: Run) -> None:
+    pod = run.trained_generator_pod
+    assert pod, "the trained checkpoint's generator pod was never seen"
+    args = _container(pod, "vllm")["args"]
+    assert args[args.index("--model") + 1] == \
+        f"/spa/storage/runs/{NAME}/iter-00/train/checkpoint-final"
+    evaluate = run.volume / "runs" / NAME / "iter-00" / "evaluate"
+    manifest = json.loads((evaluate / MANIFEST).read_text())
+    assert manifest["complete"] and {"answers-after", "answers-before"} <= manifest["shards"].keys()
+    count = SPEC["evaluation"]["count"]
+    assert manifest["stats"]["prompts"] == count
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(evaluate / "responses.parquet")
+    assert table.column("after_response").to_pylist() == pq.read_table(
+        evaluate / "answers-after.parquet").column("response").to_pylist()
+    assert sum(bool(a) for a in table.column("after_response").to_pylist()) == count
+    # Both evaluation Jobs ran as clients in the slim worker image, without GPUs or weights.
+    jobs = {p["metadata"]["labels"]["job-name"]: p
+            for p in _pods(cluster, run.namespace, "evaluation")}
+    assert {f"{NAME}-answers-0", f"{NAME}-eval-0"} <= jobs.keys()
+    for job, container in ((f"{NAME}-answers-0", "answers"), (f"{NAME}-eval-0", "evaluate")):
+        c = _container(jobs[job], container)
+        assert c["image"] == cluster.images["worker"], job
+        assert "model-cache" not in {m["name"] for m in c["volumeMounts"]}, job
+    assert run.status["evaluation"]["beforePrimary"] is not None
 
 
 def _container(pod: dict[str, Any], name: str) -> dict[str, Any]:
@@ -283,10 +328,9 @@ def test_pods_carry_the_model_cache_requests_and_the_runs_overrides(
         cluster: Cluster, run: Run) -> None:
     generator = run.generator_pod
     assert generator, "the generator's pod was never seen"
-    loaders = [(generator, "vllm")]
+    loaders = [(generator, "vllm"), (run.trained_generator_pod, "vllm")]
     loaders += [(p, "trainer") for p in _pods(cluster, run.namespace, "training")]
-    loaders += [(p, "evaluate") for p in _pods(cluster, run.namespace, "evaluation")]
-    assert len(loaders) >= 1 + 2 + 1, [p["metadata"]["name"] for p, _ in loaders]
+    assert len(loaders) >= 2 + 2, [p["metadata"]["name"] for p, _ in loaders]
     for pod, name in loaders:
         where = f"{pod['metadata']['name']}/{name}"
         c = _container(pod, name)

@@ -92,6 +92,15 @@ class Kubelet:
                      "Reached expected number of succeeded pods",
                      ["SuccessCriteriaMet", "Complete"])
 
+    def evaluate(self, run: str, iteration: int = 0,
+                 termination: dict[str, str] | None = None) -> None:
+        """Play an iteration's evaluation: vLLM serving the trained checkpoint comes up and
+        the answers Job finishes, then vLLM serving the starting policy and the eval Job."""
+        self.make_available(f"{run}-generator-{iteration + 1}")
+        self.complete(f"{run}-answers-{iteration}")
+        self.make_available(f"{run}-generator-{iteration}")
+        self.complete(f"{run}-eval-{iteration}", termination)
+
     def fail(self, job_name: str, container: str, message: str) -> None:
         """Fail a Job beyond its backoff: its pod's `container` exited 1 leaving `message`."""
         job = wait_for(f"Job {job_name}", lambda: self.get(self.batch.read_namespaced_job,

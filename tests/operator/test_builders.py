@@ -17,6 +17,7 @@ from spa_operator.builders import (
     build_generator_service,
     build_pipeline_job,
     build_spec_config_map,
+    build_trained_answers_job,
     build_training_config_map,
     build_training_job,
     build_training_service,
@@ -483,29 +484,54 @@ def test_cpu_training_requests_no_gpu() -> None:
 def test_a_run_that_leaves_out_the_gpus_per_node_is_not_built_for_cpus() -> None:
     spec = SPEC.model_copy(update={"training": SPEC.training.model_copy(
         update={"gpus_per_node": None})})  # what a spec without the field parses to
-    for build in (build_training_job, build_evaluation_job):
+    benchmarked = spec.model_copy(update={"evaluation": BENCHMARKED.evaluation})
+    for build, run in ((build_training_job, spec), (build_evaluation_job, benchmarked)):
         with pytest.raises(ClusterSpecError, match=r"spec.training.gpusPerNode: required in a "
                                                    r"cluster.*or 0 to train on CPUs"):
-            build(OWNER, spec, CONFIG, 0)
+            build(OWNER, run, CONFIG, 0)
 
 
 # --- evaluation ----------------------------------------------------------------------------
 
-def test_evaluation_runs_spa_evaluate_in_process_on_one_gpu_then_the_report() -> None:
+BENCHMARKED = make_spec(evaluation={"benchmarks": {"tasks": ["arc_easy"]}})
+
+
+def test_evaluation_asks_vllm_for_answers_and_verdicts_then_writes_the_report() -> None:
+    # Two clients of the generator Service, in the slim worker image, without GPUs: first
+    # the trained checkpoint's answers, then the starting policy's answers and verdicts.
+    answers = build_trained_answers_job(OWNER, SPEC, CONFIG, 0)
+    assert answers["metadata"]["name"] == "harmless-answers-0"
+    (a,) = pod_spec(answers)["containers"]
+    assert a["args"] == ["spa", "evaluate", "/spa/spec/run.yaml", "--run-dir",
+                         "/spa/storage/runs/harmless", "--iteration", "0",
+                         "--trained-answers-only"]
     job = build_evaluation_job(OWNER, SPEC, CONFIG, 0)
     (c,) = pod_spec(job)["initContainers"]
-    assert c["args"][:3] == ["spa", "evaluate", "/spa/spec/run-local.yaml"]
-    assert c["resources"]["limits"] == {"nvidia.com/gpu": "1"}
-    assert c["image"] == CONFIG.trainer_image
-    assert "SPA_JUDGE_API_KEY" not in env_of(c)  # self-judged: no external key
+    assert c["args"][:3] == ["spa", "evaluate", "/spa/spec/run.yaml"]
+    for container in (a, c):
+        assert container["image"] == CONFIG.worker_image
+        assert "nvidia.com/gpu" not in str(container["resources"])
+        assert "SPA_JUDGE_API_KEY" not in env_of(container)  # self-judged: no external key
     judged = make_spec(evaluation={"judge": {"url": "https://api.openai.com/v1", "model": "gpt-4o",
-                                             "apiKeySecretRef": {"name": "judge", "key": "k"}}})
+                                             "apiKeySecretRef": {"name": "judge", "key": "k"}}},
+                       generator={"backend": "openai",
+                                  "apiKeySecretRef": {"name": "vllm", "key": "key"}})
     (c,) = pod_spec(build_evaluation_job(OWNER, judged, CONFIG, 0))["initContainers"]
     assert env_of(c)["SPA_JUDGE_API_KEY"] == {"secretKeyRef": {"name": "judge", "key": "k"}}
+    (a,) = pod_spec(build_trained_answers_job(OWNER, judged, CONFIG, 0))["containers"]
+    for container in (a, c):
+        assert env_of(container)["SPA_OPENAI_API_KEY"] == {
+            "secretKeyRef": {"name": "vllm", "key": "key"}}
     (report,) = pod_spec(job)["containers"]
     assert report["args"] == ["spa", "report", "/spa/storage/runs/harmless", "--spec",
-                              "/spa/spec/run-local.yaml"]
+                              "/spa/spec/run.yaml"]
     assert "nvidia.com/gpu" not in str(report["resources"])
+
+
+def test_benchmarks_run_in_the_trainer_image_on_one_gpu() -> None:
+    (c,) = pod_spec(build_evaluation_job(OWNER, BENCHMARKED, CONFIG, 0))["initContainers"]
+    assert c["image"] == CONFIG.trainer_image
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": "1"}
 
 
 def test_operator_config_reads_its_environment() -> None:
@@ -520,17 +546,21 @@ def test_operator_config_reads_its_environment() -> None:
         OperatorConfig.from_env({"SPA_OPERATOR_METRICS_PORT": "x"})
 
 
-def test_only_the_runs_pipeline_pods_may_reach_its_generator() -> None:
+def test_only_the_runs_pipeline_and_evaluation_pods_may_reach_its_generator() -> None:
     policy = build_generator_network_policy(OWNER, SPEC, CONFIG)
     deployment = build_generator_deployment(OWNER, SPEC, CONFIG, 0)
     pods = deployment["spec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pods.items()
     (rule,) = policy["spec"]["ingress"]
-    (peer,) = rule["from"]
-    pipeline = build_pipeline_job(OWNER, SPEC, CONFIG, 0)["spec"]["template"]["metadata"]
-    assert peer["podSelector"]["matchLabels"].items() <= pipeline["labels"].items()
-    training = build_training_job(OWNER, SPEC, CONFIG, 0)["spec"]["template"]["metadata"]
-    assert not peer["podSelector"]["matchLabels"].items() <= training["labels"].items()
+
+    def admitted(job: dict[str, Any]) -> bool:
+        labels = job["spec"]["template"]["metadata"]["labels"].items()
+        return any(peer["podSelector"]["matchLabels"].items() <= labels for peer in rule["from"])
+
+    assert admitted(build_pipeline_job(OWNER, SPEC, CONFIG, 0))
+    assert admitted(build_trained_answers_job(OWNER, SPEC, CONFIG, 0))
+    assert admitted(build_evaluation_job(OWNER, SPEC, CONFIG, 0))
+    assert not admitted(build_training_job(OWNER, SPEC, CONFIG, 0))
     assert rule["ports"] == [{"protocol": "TCP", "port": CONFIG.vllm_port}]
     assert policy["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
 
@@ -600,9 +630,11 @@ def test_a_model_cache_claim_is_hf_home_of_every_pod_that_loads_weights() -> Non
         if obj["kind"] in ("Deployment", "Job"):
             assert "model-cache" not in json.dumps(obj)
     spec = make_spec(storage={"modelCachePvc": "hf-cache"})
+    benchmarked = make_spec(storage={"modelCachePvc": "hf-cache"},
+                            evaluation=BENCHMARKED.evaluation.model_dump(by_alias=True))
     loaders = {"vllm": build_generator_deployment(OWNER, spec, CONFIG, 0),
                "trainer": build_training_job(OWNER, spec, CONFIG, 0),
-               "evaluate": build_evaluation_job(OWNER, spec, CONFIG, 0)}
+               "evaluate": build_evaluation_job(OWNER, benchmarked, CONFIG, 0)}
     for name, obj in loaders.items():
         pod = pod_spec(obj)
         assert {"name": "model-cache", "persistentVolumeClaim": {"claimName": "hf-cache"}} in \
@@ -610,8 +642,10 @@ def test_a_model_cache_claim_is_hf_home_of_every_pod_that_loads_weights() -> Non
         (c,) = [c for c in pod.get("initContainers", []) + pod["containers"] if c["name"] == name]
         assert {"name": "model-cache", "mountPath": "/spa/cache"} in c["volumeMounts"], name
         assert env_of(c)["HF_HOME"] == "/spa/cache/huggingface", name
-    # The pipeline talks to vLLM over HTTP: it loads no weights and does not hold the claim.
-    assert "model-cache" not in json.dumps(build_pipeline_job(OWNER, spec, CONFIG, 0))
+    # The pipeline and evaluation talk to vLLM over HTTP: they load no weights and do not
+    # hold the claim (benchmarks load both models in-process).
+    for job in (build_pipeline_job, build_trained_answers_job, build_evaluation_job):
+        assert "model-cache" not in json.dumps(job(OWNER, spec, CONFIG, 0))
 
 
 # --- podTemplate overrides -----------------------------------------------------------------

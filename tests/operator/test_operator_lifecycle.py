@@ -69,7 +69,7 @@ def test_a_failed_run_is_retried_from_its_finished_stages_when_annotated(
         and not (job.status.conditions or []))
     assert kubelet.get(kubelet.apps.read_namespaced_deployment, "again-generator-0") is None
     kubelet.complete("again-train-0")
-    kubelet.complete("again-eval-0")
+    kubelet.evaluate("again")
     status = kubelet.wait_status("again", "phase Succeeded",
                                  lambda s: s.get("phase") == "Succeeded")
     assert status["retries"] == 1
@@ -213,14 +213,17 @@ def test_a_finished_job_deleted_mid_run_is_not_run_again(
                                         propagation_policy="Background")
     wait_for("pipeline Job gone", lambda: "tidy-pipeline-0" not in job_names(kubelet))
     kubelet.complete("tidy-train-0")
-    kubelet.complete("tidy-eval-0")
+    kubelet.evaluate("tidy")
     status = kubelet.wait_status("tidy", "phase Succeeded",
                                  lambda s: s.get("phase") == "Succeeded")
-    assert status["finishedStages"] == ["Pipeline", "Training", "Evaluation"]
-    # Neither the generator nor the pipeline came back, and nothing was created twice.
-    assert job_names(kubelet) == {"tidy-train-0", "tidy-eval-0"}
+    assert status["finishedStages"] == ["Pipeline", "Training", "TrainedAnswers", "Evaluation"]
+    # The pipeline did not come back (the generator did, for the evaluation only).
+    assert job_names(kubelet) == {"tidy-train-0", "tidy-answers-0", "tidy-eval-0"}
     created = [e.message for e in kubelet.events("tidy") if e.reason == "Created"]
-    assert len(created) == len(set(created)), created
+    # Nothing was created twice, but the generator: for the pipeline, then the evaluation.
+    assert {m for m in created if created.count(m) > 1} == \
+        {"created Deployment tidy-generator-0"}, created
+    assert created.count("created Deployment tidy-generator-0") == 2, created
 
 
 def test_a_finished_run_is_deleted_once_its_ttl_has_passed(
@@ -235,7 +238,7 @@ def test_a_finished_run_is_deleted_once_its_ttl_has_passed(
         job = kubelet.batch.read_namespaced_job(name, namespace)
         assert job.spec.ttl_seconds_after_finished is None, name
     kubelet.complete("brief-train-0")
-    kubelet.complete("brief-eval-0")
+    kubelet.evaluate("brief")
     kubelet.wait_status("brief", "phase Succeeded", lambda s: s.get("phase") == "Succeeded")
     wait_for("run deleted after its TTL", lambda: kubelet.custom.list_namespaced_custom_object(
         "alignment.spa.dev", "v1alpha1", namespace, "spaalignmentruns")["items"] == [],
@@ -260,11 +263,15 @@ def test_an_operator_restart_mid_run_resumes_without_duplicates(
         kubelet.wait_status("steady", "stage Training", lambda s: s.get("stage") == "Training")
         wait_for("training Job", lambda: "steady-train-0" in job_names(kubelet))
         kubelet.complete("steady-train-0")
-        kubelet.complete("steady-eval-0")
+        kubelet.evaluate("steady")
         kubelet.wait_status("steady", "phase Succeeded", lambda s: s.get("phase") == "Succeeded")
-    assert job_names(kubelet) == {"steady-pipeline-0", "steady-train-0", "steady-eval-0"}
+    assert job_names(kubelet) == {"steady-pipeline-0", "steady-train-0", "steady-answers-0",
+                                  "steady-eval-0"}
     created = [e.message for e in kubelet.events("steady") if e.reason == "Created"]
-    assert len(created) == len(set(created)), created  # nothing was created twice
+    # Nothing was created twice, but the generator: for the pipeline, then the evaluation.
+    assert {m for m in created if created.count(m) > 1} == \
+        {"created Deployment steady-generator-0"}, created
+    assert created.count("created Deployment steady-generator-0") == 2, created
 
 
 def test_deleting_a_run_deletes_its_children(

@@ -43,7 +43,7 @@ def test_happy_path_runs_every_stage_and_reports_status(
     kubelet.complete("harmless-train-0")
     headline = {"beforePrimary": 5.5, "afterPrimary": 7.25, "beforeHelpfulness": 6.0,
                 "afterHelpfulness": 6.5, "winRatePrimary": 0.75, "winRateHelpfulness": 0.5}
-    kubelet.complete("harmless-eval-0", termination={
+    kubelet.evaluate("harmless", termination={
         "evaluate": json.dumps({"stage": "evaluate", "prompts": 10, "evaluation": headline})})
 
     status = wait_for("run Succeeded", lambda: (s := kubelet.run("harmless").get("status", {}))
@@ -76,7 +76,7 @@ def test_happy_path_runs_every_stage_and_reports_status(
     ]
     assert {c.metadata.name for c in children} >= {
         "harmless-spec", "harmless-generator", "harmless-pipeline-0", "harmless-accelerate",
-        "harmless-train-0", "harmless-eval-0"}
+        "harmless-train-0", "harmless-answers-0", "harmless-eval-0"}
     for child in children:
         (ref,) = child.metadata.owner_references
         assert (ref.kind, ref.name, ref.uid, ref.controller) == \

@@ -65,7 +65,7 @@ def test_a_schedule_fires_runs_that_chain_their_models(
     kubelet.make_available(f"{name}-generator-0")
     kubelet.complete(f"{name}-pipeline-0")
     kubelet.complete(f"{name}-train-0")
-    kubelet.complete(f"{name}-eval-0")
+    kubelet.evaluate(name)
     model = f"/spa/storage/runs/{name}/iter-00/train/checkpoint-final"
     assert kubelet.wait_status(name, "Succeeded", lambda s: s.get("phase") == "Succeeded")[
         "artifacts"]["model"] == model

@@ -74,12 +74,77 @@ def test_generator_is_kept_when_scale_down_is_off() -> None:
     assert step.delete == []
 
 
-def test_evaluation_follows_training_then_the_run_succeeds() -> None:
+def generator_pod(iteration: int) -> dict[str, Any]:
+    return {"metadata": {"labels": {"app.kubernetes.io/component": "generator",
+                                    "alignment.spa.dev/iteration": str(iteration)}}}
+
+
+def test_evaluation_serves_the_trained_checkpoint_then_the_policy_then_the_run_succeeds() -> None:
     jobs = {"r-pipeline-0": job("Complete"), "r-train-0": job("Complete")}
-    assert plan(OWNER, spec(), CONFIG, Progress(), Children(jobs=jobs)).stage == "Evaluation"
-    jobs["r-eval-0"] = job("Complete")
+    # vLLM serves one model: first the trained checkpoint (the next iteration's generator).
     step = plan(OWNER, spec(), CONFIG, Progress(), Children(jobs=jobs))
+    assert (step.stage, step.reason, step.generator) == ("Generator", "WaitingForGenerator",
+                                                         "r-generator-1")
+    assert kinds(step.ensure)[-1] == "Deployment/r-generator-1"
+    assert "trained checkpoint" in step.message
+    (vllm,) = step.ensure[-1]["spec"]["template"]["spec"]["containers"]
+    assert vllm["args"][1] == f"{CONFIG.storage_mount}/runs/r/iter-00/train/checkpoint-final"
+
+    # Ready, but a pod of the pipeline's generator is still stopping: the Service could
+    # still reach the old model, so the Job waits.
+    deployments = {"r-generator-1": available()}
+    step = plan(OWNER, spec(), CONFIG, Progress(),
+                Children(deployments=deployments, jobs=jobs,
+                         pods={"r-generator-0-x": generator_pod(0),
+                               "r-generator-1-y": generator_pod(1)}))
+    assert step.stage == "Generator" and not [k for k in kinds(step.ensure) if "Job/" in k]
+
+    step = plan(OWNER, spec(), CONFIG, Progress(),
+                Children(deployments=deployments, jobs=jobs,
+                         pods={"r-generator-1-y": generator_pod(1)}))
+    assert (step.stage, step.reason) == ("Evaluation", "Evaluating")
+    answers = step.ensure[-1]
+    assert kinds([answers]) == ["Job/r-answers-0"]
+    (container,) = answers["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:2] == ["spa", "evaluate"]
+    assert container["args"][-1] == "--trained-answers-only"
+    assert container["image"] == CONFIG.worker_image
+    assert "nvidia.com/gpu" not in str(container["resources"])
+
+    # Then the starting policy again, alone, answers and judges.
+    jobs["r-answers-0"] = job("Complete")
+    step = plan(OWNER, spec(), CONFIG, Progress(), Children(deployments=deployments, jobs=jobs))
+    assert (step.stage, step.generator) == ("Generator", "r-generator-0")
+    assert step.delete == [("Deployment", "r-generator-1")]
+    assert step.finished == ["Pipeline", "Training", "TrainedAnswers"]
+    deployments = {"r-generator-0": available()}
+    step = plan(OWNER, spec(), CONFIG, Progress(), Children(deployments=deployments, jobs=jobs))
+    assert kinds(step.ensure)[-1] == "Job/r-eval-0"
+    evaluate = step.ensure[-1]["spec"]["template"]["spec"]["initContainers"][0]
+    assert evaluate["args"][:2] == ["spa", "evaluate"]
+    assert "--trained-answers-only" not in evaluate["args"]
+
+    jobs["r-eval-0"] = job("Complete")
+    step = plan(OWNER, spec(), CONFIG, Progress(), Children(deployments=deployments, jobs=jobs))
     assert (step.phase, step.stage) == ("Succeeded", "Done")
+    assert step.delete == [("Deployment", "r-generator-0")]
+
+
+def test_a_failed_answers_job_fails_the_run_in_its_evaluation() -> None:
+    jobs = {"r-pipeline-0": job("Complete"), "r-train-0": job("Complete"),
+            "r-answers-0": job("Failed")}
+    step = plan(OWNER, spec(), CONFIG, Progress(),
+                Children(deployments={"r-generator-1": available()}, jobs=jobs))
+    assert (step.phase, step.stage, step.reason, step.failed_job) == (
+        "Failed", "Evaluation", "TrainedAnswersFailed", "r-answers-0")
+    assert step.delete == [("Deployment", "r-generator-1")]
+
+
+def test_the_status_remembers_the_trained_answers() -> None:
+    jobs = {"r-pipeline-0": job("Complete"), "r-train-0": job("Complete")}
+    progress = Progress(finished=frozenset({"Pipeline", "Training", "TrainedAnswers"}))
+    step = plan(OWNER, spec(), CONFIG, progress, Children(jobs=jobs))  # r-answers-0 is gone
+    assert step.generator == "r-generator-0"
 
 
 def test_without_evaluation_training_finishes_the_iteration() -> None:
@@ -139,7 +204,7 @@ def test_a_finished_later_attempt_finishes_training() -> None:
     jobs = {"r-pipeline-0": job("Complete"), "r-train-0": job("Failed"),
             "r-train-0-r1": job("Complete")}
     step = plan(OWNER, spec(), CONFIG, Progress(), Children(jobs=jobs))
-    assert (step.stage, step.training_restarts) == ("Evaluation", 1)
+    assert (step.generator, step.training_restarts) == ("r-generator-1", 1)
 
 
 def test_a_usage_error_or_a_deadline_is_not_restarted() -> None:
@@ -173,7 +238,7 @@ def test_finished_stages_are_reported_for_the_status_to_remember() -> None:
     jobs = {"r-pipeline-0": job("Complete"), "r-train-0": job("Failed"),
             "r-train-0-r1": job("Complete")}
     step = plan(OWNER, spec(), CONFIG, Progress(), Children(jobs=jobs))
-    assert (step.stage, step.finished) == ("Evaluation", ["Pipeline", "Training"])
+    assert (step.generator, step.finished) == ("r-generator-1", ["Pipeline", "Training"])
     assert plan(OWNER, spec(), CONFIG, Progress(),
                 Children(deployments={"r-generator-0": available()})).finished == []
 
@@ -186,8 +251,10 @@ def test_a_finished_job_that_is_gone_is_not_redone() -> None:
     assert (step.stage, step.finished) == ("Training", ["Pipeline"])
     assert not any(n.startswith(("r-generator", "r-pipeline")) for n in kinds(step.ensure))
     # Every Job of the iteration gone: the run goes on from what the status remembers.
-    progress = Progress(iteration=0, finished=frozenset({"Pipeline", "Training"}))
-    step = plan(OWNER, spec(), CONFIG, progress, Children())
+    progress = Progress(iteration=0, finished=frozenset({"Pipeline", "Training",
+                                                        "TrainedAnswers"}))
+    step = plan(OWNER, spec(), CONFIG, progress,
+                Children(deployments={"r-generator-0": available()}))
     assert step.stage == "Evaluation"
     assert "Job/r-eval-0" in kinds(step.ensure)
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from spa_core.spec import RunSpec
 from spa_operator.builders.common import Owner, Storage, storage, training_gpus
-from spa_operator.builders.evaluation import build_evaluation_job
+from spa_operator.builders.evaluation import build_evaluation_job, build_trained_answers_job
 from spa_operator.builders.generator import (
     build_generator_deployment,
     build_generator_network_policy,
@@ -36,6 +36,7 @@ __all__ = [
     "build_generator_service",
     "build_pipeline_job",
     "build_spec_config_map",
+    "build_trained_answers_job",
     "build_training_config_map",
     "build_training_job",
     "build_training_service",
@@ -56,5 +57,6 @@ def first_workloads(owner: Owner, spec: RunSpec, config: OperatorConfig) -> dict
         "training": build_training_job(owner, spec, config, 0),
     }
     if spec.evaluation.enabled:
+        out["trained-answers"] = build_trained_answers_job(owner, spec, config, 0)
         out["evaluation"] = build_evaluation_job(owner, spec, config, 0)
     return out

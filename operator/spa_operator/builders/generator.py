@@ -3,7 +3,9 @@
 One Deployment per iteration (`<run>-generator-<i>`, serving that iteration's policy) behind
 one stable Service (`<run>-generator`), so the pipeline's spec never changes between
 iterations. The operator deletes the Deployment once sampling and scoring are done
-(`generator.scaleDownAfterUse`) to free the GPUs for training.
+(`generator.scaleDownAfterUse`) to free the GPUs for training. The evaluation brings up
+`<run>-generator-<i+1>` (the trained checkpoint), then `<run>-generator-<i>` again: one
+at a time, so the Service reaches one model.
 """
 
 from __future__ import annotations
@@ -219,11 +221,13 @@ def build_generator_service(owner: Owner, spec: RunSpec, config: OperatorConfig)
 
 def build_generator_network_policy(owner: Owner, spec: RunSpec,
                                    config: OperatorConfig) -> dict[str, Any]:
-    """NetworkPolicy `<run>-generator`: only the run's pipeline pods reach its vLLM server.
+    """NetworkPolicy `<run>-generator`: only the run's pipeline and evaluation pods reach its
+    vLLM server.
 
     Created when the operator runs with `networkPolicy.enabled` (SPA_OPERATOR_NETWORK_POLICY);
     it needs a CNI that enforces NetworkPolicy. Other ingress to the generator pods is denied.
     """
+    from spa_operator.builders.evaluation import COMPONENT as EVALUATION
     from spa_operator.builders.pipeline import COMPONENT as PIPELINE
 
     return {
@@ -235,7 +239,8 @@ def build_generator_network_policy(owner: Owner, spec: RunSpec,
             "podSelector": {"matchLabels": selector_labels(owner, COMPONENT)},
             "policyTypes": ["Ingress"],
             "ingress": [{
-                "from": [{"podSelector": {"matchLabels": selector_labels(owner, PIPELINE)}}],
+                "from": [{"podSelector": {"matchLabels": selector_labels(owner, client)}}
+                         for client in (PIPELINE, EVALUATION)],
                 "ports": [{"protocol": "TCP", "port": config.vllm_port}],
             }],
         },
