@@ -53,7 +53,8 @@ import numpy as np
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["STAT_KEYS", "Backend", "PairSelection", "native_available", "select_pairs"]
+__all__ = ["STAT_KEYS", "Backend", "PairSelection", "native_available", "revision_pairs",
+           "select_pairs"]
 
 Backend = Literal["auto", "python", "rust"]
 
@@ -417,4 +418,47 @@ def _select_native(
         gap=out["gap"],
         weight=out["weight"],
         stats={key: int(out["stats"][key]) for key in STAT_KEYS},
+    )
+
+
+def revision_pairs(prompt_id: Any, response_id: Any, is_refined: Any, present: Any,
+                   score_a: Any, score_b: Any) -> PairSelection:
+    """The Self-Criticism baseline's pairs: in each prompt's group, its revision (the refined
+    response) over the sample it revised (response 0), when both have a text (`present`).
+
+    No denoising and no weighting: every weight is 1, and `gap` is the pair's score gap where
+    both were scored (0 otherwise), for the report only. Stats as `select_pairs` counts them:
+    responses without a text under `dropped_missing`, groups without both under
+    `dropped_malformed`.
+    """
+    pid = np.asarray(prompt_id, dtype=np.int64)
+    rid = np.asarray(response_id, dtype=np.int64)
+    refined = np.asarray(is_refined, dtype=bool)
+    ok = np.asarray(present, dtype=bool)
+    a, b = np.asarray(score_a, dtype=np.float64), np.asarray(score_b, dtype=np.float64)
+    revision = refined & ok
+    original = ~refined & ok & (rid == 0)
+    kept = np.intersect1d(pid[revision], pid[original])  # sorted, unique
+    chosen_row = np.flatnonzero(revision)[np.argsort(pid[revision], kind="stable")]
+    chosen_row = chosen_row[np.isin(pid[chosen_row], kept)]
+    rejected_row = np.flatnonzero(original)[np.argsort(pid[original], kind="stable")]
+    rejected_row = rejected_row[np.isin(pid[rejected_row], kept)]
+    if np.unique(pid[chosen_row]).size != chosen_row.size:
+        raise ValueError("a prompt has more than one revision")
+    with np.errstate(invalid="ignore"):
+        gap = np.abs((a[chosen_row] + b[chosen_row]) - (a[rejected_row] + b[rejected_row]))
+    groups = int(np.unique(pid).size)
+    stats = dict.fromkeys(STAT_KEYS, 0)
+    stats |= {"rows_in": int(pid.size), "groups_in": groups,
+              "dropped_missing": int(pid.size - np.count_nonzero(ok)),
+              "dropped_malformed": groups - int(kept.size), "groups_kept": int(kept.size),
+              "pairs": int(kept.size)}
+    return PairSelection(
+        kept_prompt_ids=kept,
+        prompt_id=kept.copy(),
+        chosen_id=rid[chosen_row],
+        rejected_id=rid[rejected_row],
+        gap=np.nan_to_num(gap, nan=0.0),
+        weight=np.ones(kept.size, dtype=np.float64),
+        stats=stats,
     )

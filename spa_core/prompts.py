@@ -16,11 +16,15 @@ from typing import Any
 from spa_core.spec import ConstitutionSpec
 
 __all__ = [
+    "CRITIQUE_TEMPLATE",
     "JUDGE_TEMPLATE",
     "REFINE_TEMPLATE",
+    "REVISION_TEMPLATE",
+    "critique_messages",
     "dimension_names",
     "judge_messages",
     "refine_messages",
+    "revision_messages",
     "sample_messages",
     "score_json_schema",
 ]
@@ -162,6 +166,38 @@ def refine_messages(
         responses=listed,
     )
     return [{"role": "user", "content": content}]
+
+
+#: The Self-Criticism baseline (`method: selfCriticism`), after Constitutional AI's critique
+#: and revision requests (Bai et al., 2022), asked about the run's primary objective.
+CRITIQUE_TEMPLATE = (
+    "Identify specific ways in which your last response falls short of {name}: {definition} "
+    "Point out each problem concisely; do not rewrite the response yet."
+)
+REVISION_TEMPLATE = (
+    "Rewrite your response so that it fully meets {name} ({definition}) and stays as helpful "
+    "as it can, addressing every problem you identified. Reply with the rewritten response "
+    "only."
+)
+
+
+def critique_messages(prompt: str, response: str, primary: str, constitution: ConstitutionSpec,
+                      system_prompt: str | None = None) -> list[Message]:
+    """The chat that asks the model to critique its own `response` to `prompt`."""
+    request = CRITIQUE_TEMPLATE.format(name=_capitalised(primary),
+                                       definition=_definition(constitution, primary))
+    return [*sample_messages(prompt, system_prompt), {"role": "assistant", "content": response},
+            {"role": "user", "content": request}]
+
+
+def revision_messages(prompt: str, response: str, critique: str, primary: str,
+                      constitution: ConstitutionSpec,
+                      system_prompt: str | None = None) -> list[Message]:
+    """The critique chat, continued: the model's critique, then the request to revise."""
+    request = REVISION_TEMPLATE.format(name=_capitalised(primary),
+                                       definition=_definition(constitution, primary))
+    return [*critique_messages(prompt, response, primary, constitution, system_prompt),
+            {"role": "assistant", "content": critique}, {"role": "user", "content": request}]
 
 
 def _capitalised(dimension: str) -> str:

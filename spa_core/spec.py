@@ -559,6 +559,12 @@ class RunSpec(_Spec):
     """Run directory."""
     scheduling: SchedulingSpec = SchedulingSpec()
     """Cluster placement."""
+    method: Literal["spa", "selfCriticism"] = "spa"
+    """`spa`: the method (one refinement from every scored sample, denoising, lexicographic
+    pairs). `selfCriticism`: the Self-Criticism baseline (the paper's Table 3): the model
+    critiques its first sample against the primary objective, then revises it; each prompt
+    gives one pair, the revision over that sample, neither denoised nor weighted. The
+    baseline trains on the revisions: `training.loss: sft`."""
     suspend: bool = False
     """Pause the run (cluster): running children are deleted, artifacts kept."""
     active_deadline_seconds: Annotated[int | None, Field(ge=60, le=31_536_000)] = None

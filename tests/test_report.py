@@ -47,6 +47,17 @@ def test_the_plots_are_real_images_of_the_expected_size(tmp_path: Path) -> None:
         assert image.std() > 0.01, f"{png.name} is blank"
 
 
+def test_a_self_criticism_run_says_so_above_its_numbers(tmp_path: Path) -> None:
+    spec = json.loads((RECORDED / "spec.json").read_text())["spec"]
+    html, md = (p.read_text() for p in render(tmp_path))
+    assert "Self-Criticism" not in html + md
+    html_path, md_path = write_report(RunDir(RECORDED), "sc", {**spec, "method": "selfCriticism"},
+                                      1, tmp_path / "sc")
+    for text in (html_path.read_text(), md_path.read_text()):
+        head = text[:text.index("Iteration 0")]
+        assert "the Self-Criticism baseline" in head and "neither denoised" in head
+
+
 def test_a_run_without_evaluation_says_what_is_missing(tmp_path: Path) -> None:
     partial = tmp_path / "partial"
     shutil.copytree(RECORDED, partial, ignore=shutil.ignore_patterns("evaluate"))

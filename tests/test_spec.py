@@ -50,6 +50,9 @@ def test_the_paper_recipe_is_what_its_readme_says() -> None:
     assert runs["ablation-dpo.yaml"].training.beta == 0.1
     off = runs["ablation-no-noise-filter.yaml"].denoising
     assert not off.consistency and not off.informativeness
+    baseline = runs["baseline-self-criticism.yaml"]
+    assert (baseline.method, baseline.training.loss) == ("selfCriticism", "sft")
+    assert 3 * baseline.sampling.max_tokens <= baseline.generator.max_model_len
 
 
 def test_defaults_follow_the_paper() -> None:

@@ -348,6 +348,12 @@ def write_report(root: RunDir, name: str, spec: dict[str, Any], iterations: int,
     html_parts = [f"<h1>SPA run report — {html.escape(name)}</h1>",
                   f"<p>Run directory: <code>{html.escape(root.url())}</code></p>"]
     md_parts = [f"# SPA run report — {name}", f"Run directory: `{root.url()}`"]
+    if spec.get("method") == "selfCriticism":
+        note = ("Method: the Self-Criticism baseline. Each prompt's first sample was critiqued "
+                "and revised; the pairs are the revisions over those samples, neither "
+                "denoised nor weighted, so the groups \"kept\" are the prompts with both.")
+        html_parts.append(f"<p>{html.escape(note)}</p>")
+        md_parts.append(note)
     for i in range(iterations):
         it = root.child(iteration_dir(i))
         images: dict[str, bytes] = {}

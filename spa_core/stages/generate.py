@@ -19,9 +19,11 @@ import pyarrow.compute as pc
 from spa_core.backends import Backend, ChatRequest
 from spa_core.layout import shard_glob, shard_path
 from spa_core.prompts import (
+    critique_messages,
     dimension_names,
     judge_messages,
     refine_messages,
+    revision_messages,
     sample_messages,
     score_json_schema,
 )
@@ -183,10 +185,12 @@ def run_score(ctx: StageContext) -> dict:
 
 
 def run_refine(ctx: StageContext) -> dict:
-    """One refined response per prompt from all samples and their scores, then scored."""
+    """One refined response per prompt from all samples and their scores, then scored; with
+    `method: selfCriticism`, the first sample critiqued and revised instead."""
     s, obj = ctx.spec.sampling, ctx.spec.objectives
+    method = ctx.spec.method
     chash = config_hash("refine", s.max_tokens, ctx.spec.scoring, obj, ctx.policy_id(),
-                        upstream_hash(ctx, "scores"))
+                        upstream_hash(ctx, "scores"), *([method] if method != "spa" else []))
     manifest = StageManifest.open(ctx.dir, "refined", chash, force=ctx.force)
     if not manifest.complete:
         if (budget := _refine_budget_warning(ctx)) is not None:
@@ -195,21 +199,13 @@ def run_refine(ctx: StageContext) -> dict:
         with ctx.progress("refine", len(todo)) as advance, prompt_cursor(ctx) as cursor:
             for name in todo:
                 samples = ctx.dir.read_table(shard_path("samples", name))
-                scores = ctx.dir.read_table(shard_path("scores", name))
-                groups = _groups(samples, scores)
-                ids = sorted(groups)
-                prompts = cursor.texts(ids[0], ids[-1]) if ids else {}
-                requests = [
-                    ChatRequest(
-                        messages=refine_messages(prompts[pid], groups[pid], obj.primary,
-                                                 obj.constitution, obj.secondary),
-                        temperature=0.0, max_tokens=s.max_tokens, seed=s.seed + pid,
-                    )
-                    for pid in ids
-                ]
-                results = ctx.backend().generate(requests)
-                texts = [r.text.strip() if r.text else None for r in results]
-                failed = [r.error or "empty answer" for r in results if not r.text]
+                shard_ids = samples.column("prompt_id")
+                prompts = cursor.texts(pc.min(shard_ids).as_py(), pc.max(shard_ids).as_py()) \
+                    if len(shard_ids) else {}
+                if method == "selfCriticism":
+                    ids, texts, failed = _revise(ctx, samples, prompts)
+                else:
+                    ids, texts, failed = _refine(ctx, samples, name, prompts)
                 over = sum(map(over_context, failed))
                 a, b, status, raw = judge(ctx, [prompts[p] for p in ids], texts)
                 out = _scored_table(
@@ -226,6 +222,55 @@ def run_refine(ctx: StageContext) -> dict:
         manifest.finish(ctx.dir, **_status_totals(manifest))
     _warn_about_failed_refinements(ctx, manifest.stats)
     return manifest.stats
+
+
+def _refine(ctx: StageContext, samples: pa.Table, name: str,
+            prompts: dict[int, str]) -> tuple[list[int], list[str | None], list[str]]:
+    """SPA's self-refinement of one shard: per prompt, one answer written from all its scored
+    samples. (prompt ids, refined texts or None, the failed requests' errors)."""
+    s, obj = ctx.spec.sampling, ctx.spec.objectives
+    groups = _groups(samples, ctx.dir.read_table(shard_path("scores", name)))
+    ids = sorted(groups)
+    requests = [
+        ChatRequest(messages=refine_messages(prompts[pid], groups[pid], obj.primary,
+                                             obj.constitution, obj.secondary),
+                    temperature=0.0, max_tokens=s.max_tokens, seed=s.seed + pid)
+        for pid in ids
+    ]
+    results = ctx.backend().generate(requests)
+    return (ids, [r.text.strip() if r.text else None for r in results],
+            [r.error or "empty answer" for r in results if not r.text])
+
+
+def _revise(ctx: StageContext, samples: pa.Table,
+            prompts: dict[int, str]) -> tuple[list[int], list[str | None], list[str]]:
+    """Self-Criticism of one shard: per prompt, its first sample critiqued against the primary
+    objective, then revised, both greedily in one chat. (prompt ids, revisions or None, the
+    failed requests' errors; a prompt whose first sample is missing is not asked)."""
+    s, obj = ctx.spec.sampling, ctx.spec.objectives
+    first = samples.filter(pc.equal(samples.column("response_id"), 0)).sort_by("prompt_id")
+    ids = first.column("prompt_id").to_pylist()
+    originals = first.column("response").to_pylist()
+    systems = first.column("system_prompt").to_pylist()
+    live = [k for k, text in enumerate(originals) if text]
+
+    def ask(messages: Callable[[int], list], rows: list[int]) -> list:
+        return ctx.backend().generate([
+            ChatRequest(messages=messages(k), temperature=0.0, max_tokens=s.max_tokens,
+                        seed=s.seed + ids[k]) for k in rows])
+
+    critiques = ask(lambda k: critique_messages(prompts[ids[k]], originals[k], obj.primary,
+                                                obj.constitution, systems[k]), live)
+    failed = [r.error or "empty answer" for r in critiques if not r.text]
+    critiqued = {k: r.text for k, r in zip(live, critiques, strict=True) if r.text}
+    rows = list(critiqued)
+    revisions = ask(lambda k: revision_messages(prompts[ids[k]], originals[k], critiqued[k],
+                                                obj.primary, obj.constitution, systems[k]), rows)
+    failed += [r.error or "empty answer" for r in revisions if not r.text]
+    texts: list[str | None] = [None] * len(ids)
+    for k, r in zip(rows, revisions, strict=True):
+        texts[k] = r.text.strip() if r.text else None
+    return ids, texts, failed
 
 
 #: Refinements that failed, as a share of the prompts, above which the stage warns.
@@ -247,11 +292,14 @@ def _refine_budget_warning(ctx: StageContext) -> str | None:
     if limit is None:
         return None
     # The refinement prompt quotes every sample (each up to maxTokens) and asks for an answer
-    # of up to maxTokens more; the instruction, scores and template come on top.
-    worst = (s.num_samples + 1) * s.max_tokens
+    # of up to maxTokens more; the instruction, scores and template come on top. A
+    # Self-Criticism chat holds one sample and its critique, and asks for the revision.
+    quoted = 2 if ctx.spec.method == "selfCriticism" else s.num_samples
+    what = "a sample and its critique" if quoted == 2 else f"{quoted} samples"
+    worst = (quoted + 1) * s.max_tokens
     if worst <= limit:
         return None
-    return (f"refinement prompts quote {s.num_samples} samples of up to {s.max_tokens} tokens "
+    return (f"refinement prompts quote {what} of up to {s.max_tokens} tokens "
             f"and ask for {s.max_tokens} more: up to {worst} tokens before the instruction, "
             f"over generator.maxModelLen ({limit}); a group whose samples are long fails its "
             "refinement (counted as refine_over_context): raise maxModelLen or lower "

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from spa_core.layout import PAIR_RESPONSES, PAIRS, shard_glob
-from spa_core.pairs import select_pairs
+from spa_core.pairs import PairSelection, revision_pairs, select_pairs
 from spa_core.stages.context import StageContext
 from spa_core.stages.generate import upstream_hash
 from spa_core.stages.manifest import StageManifest, config_hash
@@ -58,11 +58,26 @@ def _shard_files(ctx: StageContext) -> dict[str, tuple[str, ...]]:
     return {name: tuple(files[name]) for name in sorted(files)}
 
 
-def _score_columns(ctx: StageContext) -> tuple[pa.Table, list[_Shard]]:
+def _select(ctx: StageContext, scores: pa.Table) -> PairSelection:
+    """The method's pairs (`method`): SPA's denoised lexicographic pairs, or Self-Criticism's
+    revision over original."""
+    d, alpha = ctx.spec.denoising, ctx.spec.training.alpha
+    columns = [scores.column(c) for c in ("prompt_id", "response_id", "is_refined")]
+    if ctx.spec.method == "selfCriticism":
+        present = pc.fill_null(pc.not_equal(scores.column("status"), "no_response"), False)
+        return revision_pairs(*columns, present, scores.column("score_a").to_numpy(
+            zero_copy_only=False), scores.column("score_b").to_numpy(zero_copy_only=False))
+    return select_pairs(*columns, scores.column("score_a"), scores.column("score_b"),
+                        rho=d.rho, delta=d.delta, alpha=alpha, consistency=d.consistency,
+                        informativeness=d.informativeness)
+
+
+def _score_columns(ctx: StageContext, with_status: bool = False) -> tuple[pa.Table, list[_Shard]]:
     """The ids and scores of every response (pass 1), and the shards in prompt order."""
     parts, shards = [], []
+    columns = [*_SCORE_COLUMNS, "status"] if with_status else _SCORE_COLUMNS
     for name, files in _shard_files(ctx).items():
-        table = pa.concat_tables([ctx.dir.read_table(rel, _SCORE_COLUMNS) for rel in files])
+        table = pa.concat_tables([ctx.dir.read_table(rel, columns) for rel in files])
         if table.num_rows == 0:
             continue
         bounds = pc.min_max(table.column("prompt_id"))
@@ -111,18 +126,15 @@ def _pairs_with_texts(pairs: pa.Table, prompts: pa.Table, responses: pa.Table) -
 def run_pairs(ctx: StageContext) -> dict:
     d = ctx.spec.denoising
     alpha = ctx.spec.training.alpha
-    chash = config_hash(STAGE, d, alpha, upstream_hash(ctx, "scores"), upstream_hash(ctx, "refined"))
+    method = ctx.spec.method
+    chash = config_hash(STAGE, d, alpha, upstream_hash(ctx, "scores"), upstream_hash(ctx, "refined"),
+                        *([method] if method != "spa" else []))
     manifest = StageManifest.open(ctx.dir, STAGE, chash, force=ctx.force)
     if manifest.complete:
         return manifest.stats
 
-    scores, shards = _score_columns(ctx)
-    selection = select_pairs(
-        scores.column("prompt_id"), scores.column("response_id"),
-        scores.column("is_refined"), scores.column("score_a"), scores.column("score_b"),
-        rho=d.rho, delta=d.delta, alpha=alpha, consistency=d.consistency,
-        informativeness=d.informativeness,
-    )
+    scores, shards = _score_columns(ctx, with_status=method == "selfCriticism")
+    selection = _select(ctx, scores)
     del scores
     pairs = selection.to_arrow()  # sorted by (prompt, chosen, rejected)
     pair_prompts = pairs.column("prompt_id").to_numpy()
