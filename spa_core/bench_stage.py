@@ -225,7 +225,10 @@ def _child_texts_floor(root: str) -> dict[str, float]:
 
 def _in_child(what: str, *args: str) -> dict[str, float]:
     out = subprocess.run([sys.executable, "-m", "spa_core.bench_stage", "--child", what, *args],
-                         check=True, capture_output=True, text=True)
+                         check=False, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"the {what} measurement exited with {out.returncode}; its output "
+                           f"ended with:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -264,7 +264,7 @@ def _served_job(owner: Owner, spec: RunSpec, config: OperatorConfig, i: int,
         return Step("Running", stage, i, reason, f"{what} (Job {job_name})",
                     ensure=ensure, delete=stale)
     if deployment_available(children.deployments.get(generator_name)) and \
-            not _other_generator_pods(owner, children, serving):
+            not _other_generator_pods(children, serving):
         return Step("Running", stage, i, reason,
                     f"generator ready ({generator_name}, serving {model}); {what} "
                     f"(Job {job_name})", ensure=[*ensure, job], delete=stale)
@@ -274,7 +274,7 @@ def _served_job(owner: Owner, spec: RunSpec, config: OperatorConfig, i: int,
                 ensure=ensure, delete=stale, generator=generator_name)
 
 
-def _other_generator_pods(owner: Owner, children: Children, serving: int) -> list[str]:
+def _other_generator_pods(children: Children, serving: int) -> list[str]:
     """Pods of the run's generators other than `serving`'s (still stopping, say)."""
     return sorted(name for name, pod in children.pods.items()
                   if (labels := (pod.get("metadata") or {}).get("labels") or {})
