@@ -20,7 +20,6 @@ from spa_core.spec import RunSpec
 from spa_operator import names
 from spa_operator.builders.common import (
     JUDGE_API_KEY_ENV,
-    OPENAI_API_KEY_ENV,
     Owner,
     container_defaults,
     model_cache,
@@ -32,7 +31,15 @@ from spa_operator.builders.common import (
     storage,
     training_gpus,
 )
-from spa_operator.builders.jobs import build_job, spec_path, spec_volume, stage_args, stage_env
+from spa_operator.builders.jobs import (
+    build_job,
+    client_env,
+    client_resources,
+    spec_path,
+    spec_volume,
+    stage_args,
+    stage_env,
+)
 from spa_operator.builders.spec_config_map import PIPELINE_SPEC_KEY
 from spa_operator.config import OperatorConfig
 
@@ -42,16 +49,10 @@ COMPONENT = "evaluation"
 
 
 def _client_env(spec: RunSpec) -> list[dict[str, Any]]:
-    """A stage talking to the generator Service (and to an external judge, if any)."""
-    return [*stage_env(spec),
-            *secret_env(OPENAI_API_KEY_ENV, spec.generator.api_key_secret_ref),
+    """A stage talking to the generator Service and to an external judge, if any."""
+    return [*client_env(spec),
             *secret_env(JUDGE_API_KEY_ENV, spec.evaluation.judge.api_key_secret_ref
                         if spec.evaluation.judge else None)]
-
-
-def _client_resources(config: OperatorConfig) -> dict[str, Any]:
-    return {"requests": {"cpu": config.pipeline_cpu, "memory": config.pipeline_memory},
-            "limits": {"memory": config.pipeline_memory}}
 
 
 def build_trained_answers_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
@@ -68,7 +69,7 @@ def build_trained_answers_job(owner: Owner, spec: RunSpec, config: OperatorConfi
                  "--trained-answers-only"],
         "env": _client_env(spec),
         "envFrom": st.env_from,
-        "resources": _client_resources(config),
+        "resources": client_resources(config),
         "volumeMounts": [spec_mount, *st.mounts],
     }
     pod_spec = {
@@ -95,7 +96,7 @@ def build_evaluation_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
         "args": stage_args("evaluate", spec_path(config, PIPELINE_SPEC_KEY), st, iteration),
         "env": _client_env(spec),
         "envFrom": st.env_from,
-        "resources": _client_resources(config),
+        "resources": client_resources(config),
     }
     if spec.evaluation.benchmarks is not None:
         # lm-evaluation-harness loads both models in-process: torch, one GPU when training

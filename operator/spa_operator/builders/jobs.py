@@ -11,6 +11,7 @@ from spa_core.termination import TERMINATION_LOG_ENV, USAGE_ERROR_EXIT_CODE
 from spa_operator import names
 from spa_operator.builders.common import (
     HF_TOKEN_ENV,
+    OPENAI_API_KEY_ENV,
     Owner,
     Storage,
     child_metadata,
@@ -21,8 +22,8 @@ from spa_operator.builders.common import (
 from spa_operator.builders.pod_template import apply_pod_templates
 from spa_operator.config import OperatorConfig
 
-__all__ = ["USAGE_ERROR_EXIT_CODE", "build_job", "pod_failure_policy", "spec_volume", "stage_args",
-           "stage_env"]
+__all__ = ["USAGE_ERROR_EXIT_CODE", "build_job", "client_env", "client_resources",
+           "pod_failure_policy", "spec_volume", "stage_args", "stage_env"]
 
 
 def stage_args(stage: str, spec_file: str, st: Storage, iteration: int) -> list[str]:
@@ -54,6 +55,18 @@ def stage_env(spec: RunSpec) -> list[dict[str, Any]]:
         {"name": TERMINATION_LOG_ENV, "value": TERMINATION_LOG},
         *secret_env(HF_TOKEN_ENV, spec.model.token_secret_ref),
     ]
+
+
+def client_env(spec: RunSpec) -> list[dict[str, Any]]:
+    """A stage that talks to the generator Service: `stage_env` and vLLM's API key."""
+    return [*stage_env(spec),
+            *secret_env(OPENAI_API_KEY_ENV, spec.generator.api_key_secret_ref)]
+
+
+def client_resources(config: OperatorConfig) -> dict[str, Any]:
+    """A vLLM client's container (no weights, no GPU): the pipeline's CPU and memory."""
+    return {"requests": {"cpu": config.pipeline_cpu, "memory": config.pipeline_memory},
+            "limits": {"memory": config.pipeline_memory}}
 
 
 def pod_failure_policy() -> dict[str, Any]:

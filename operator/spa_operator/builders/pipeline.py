@@ -12,15 +12,20 @@ from typing import Any
 from spa_core.spec import RunSpec
 from spa_operator import names
 from spa_operator.builders.common import (
-    OPENAI_API_KEY_ENV,
     Owner,
     container_defaults,
     pod_placement,
     pod_security_context,
-    secret_env,
     storage,
 )
-from spa_operator.builders.jobs import build_job, spec_path, spec_volume, stage_args, stage_env
+from spa_operator.builders.jobs import (
+    build_job,
+    client_env,
+    client_resources,
+    spec_path,
+    spec_volume,
+    stage_args,
+)
 from spa_operator.builders.spec_config_map import PIPELINE_SPEC_KEY
 from spa_operator.config import OperatorConfig
 
@@ -36,9 +41,7 @@ def build_pipeline_job(owner: Owner, spec: RunSpec, config: OperatorConfig,
     """Job `<run>-pipeline-<i>`: one container per stage, writing to the run directory."""
     st = storage(owner, spec, config)
     spec_vol, spec_mount = spec_volume(owner, config)
-    env = [*stage_env(spec), *secret_env(OPENAI_API_KEY_ENV, spec.generator.api_key_secret_ref)]
-    resources = {"requests": {"cpu": config.pipeline_cpu, "memory": config.pipeline_memory},
-                 "limits": {"memory": config.pipeline_memory}}
+    env, resources = client_env(spec), client_resources(config)
     containers = [
         {
             "name": stage,
