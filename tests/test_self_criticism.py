@@ -71,6 +71,19 @@ def test_the_method_is_spa_or_self_criticism() -> None:
         parse_run(doc)
 
 
+def test_the_context_budget_counts_what_each_method_quotes(tmp_path: Path) -> None:
+    from spa_core.stages.generate import _refine_budget_warning
+
+    def warning(method: str) -> str | None:
+        doc = run_document(64)
+        doc["spec"] |= {"method": method, "generator": {"maxModelLen": 256}}
+        doc["spec"]["sampling"] |= {"numSamples": 2, "maxTokens": 96}
+        return _refine_budget_warning(StageContext(run=parse_run(doc), root=RunDir(tmp_path)))
+
+    assert "quote 2 samples of up to 96 tokens" in warning("spa")  # (2 + 1) x 96 > 256
+    assert "quote a sample and its critique of up to 96 tokens" in warning("selfCriticism")
+
+
 @pytest.mark.server
 def test_self_criticism_revises_the_first_sample_and_pairs_revision_over_it(
         tmp_path: Path, llama_server: str) -> None:

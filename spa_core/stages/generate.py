@@ -32,7 +32,8 @@ from spa_core.stages.context import StageContext
 from spa_core.stages.manifest import StageManifest, config_hash
 from spa_core.stages.prompts import prompt_count, prompt_cursor, prompt_shards
 
-__all__ = ["judge", "over_context", "run_refine", "run_sample", "run_score", "upstream_hash"]
+__all__ = ["judge", "method_key", "over_context", "run_refine", "run_sample", "run_score",
+           "upstream_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,12 @@ def upstream_hash(ctx: StageContext, stage: str) -> str:
         raise FileNotFoundError(
             f"{ctx.dir.url(stage)} is not finished: run `spa {COMMAND[stage]}` first")
     return manifest.config_hash
+
+
+def method_key(ctx: StageContext) -> tuple[str, ...]:
+    """What `method` adds to a stage's configuration hash: nothing for `spa`, so that run
+    directories made before the setting existed keep their hashes."""
+    return () if ctx.spec.method == "spa" else (ctx.spec.method,)
 
 
 def _system_prompts(ctx: StageContext, prompt_ids: np.ndarray) -> tuple[list[str | None], list[bool]]:
@@ -190,7 +197,7 @@ def run_refine(ctx: StageContext) -> dict:
     s, obj = ctx.spec.sampling, ctx.spec.objectives
     method = ctx.spec.method
     chash = config_hash("refine", s.max_tokens, ctx.spec.scoring, obj, ctx.policy_id(),
-                        upstream_hash(ctx, "scores"), *([method] if method != "spa" else []))
+                        upstream_hash(ctx, "scores"), *method_key(ctx))
     manifest = StageManifest.open(ctx.dir, "refined", chash, force=ctx.force)
     if not manifest.complete:
         if (budget := _refine_budget_warning(ctx)) is not None:
@@ -294,8 +301,10 @@ def _refine_budget_warning(ctx: StageContext) -> str | None:
     # The refinement prompt quotes every sample (each up to maxTokens) and asks for an answer
     # of up to maxTokens more; the instruction, scores and template come on top. A
     # Self-Criticism chat holds one sample and its critique, and asks for the revision.
-    quoted = 2 if ctx.spec.method == "selfCriticism" else s.num_samples
-    what = "a sample and its critique" if quoted == 2 else f"{quoted} samples"
+    if ctx.spec.method == "selfCriticism":
+        quoted, what = 2, "a sample and its critique"
+    else:
+        quoted, what = s.num_samples, f"{s.num_samples} samples"
     worst = (quoted + 1) * s.max_tokens
     if worst <= limit:
         return None

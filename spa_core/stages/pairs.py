@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from spa_core.layout import PAIR_RESPONSES, PAIRS, shard_glob
 from spa_core.pairs import PairSelection, revision_pairs, select_pairs
 from spa_core.stages.context import StageContext
-from spa_core.stages.generate import upstream_hash
+from spa_core.stages.generate import method_key, upstream_hash
 from spa_core.stages.manifest import StageManifest, config_hash
 from spa_core.stages.prompts import prompt_cursor
 
@@ -126,14 +126,13 @@ def _pairs_with_texts(pairs: pa.Table, prompts: pa.Table, responses: pa.Table) -
 def run_pairs(ctx: StageContext) -> dict:
     d = ctx.spec.denoising
     alpha = ctx.spec.training.alpha
-    method = ctx.spec.method
     chash = config_hash(STAGE, d, alpha, upstream_hash(ctx, "scores"), upstream_hash(ctx, "refined"),
-                        *([method] if method != "spa" else []))
+                        *method_key(ctx))
     manifest = StageManifest.open(ctx.dir, STAGE, chash, force=ctx.force)
     if manifest.complete:
         return manifest.stats
 
-    scores, shards = _score_columns(ctx, with_status=method == "selfCriticism")
+    scores, shards = _score_columns(ctx, with_status=ctx.spec.method == "selfCriticism")
     selection = _select(ctx, scores)
     del scores
     pairs = selection.to_arrow()  # sorted by (prompt, chosen, rejected)
